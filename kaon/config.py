@@ -1,0 +1,149 @@
+"""Engine configuration: one plain dataclass per concern, joined in EngineConfig.
+
+Every user option carries its default and a help line in ``metadata``; the CLI builds its flags
+from these fields (``add_cli_args``) so names stay identical to vLLM's across Python, CLI and server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _opt(default: Any, help_text: str, **kwargs: Any) -> Any:
+    return field(default=default, metadata={"help": help_text, **kwargs})
+
+
+@dataclass
+class ModelConfig:
+    """Which model and how its weights are held."""
+
+    model: str | None = _opt(
+        None, "a .gguf file or a Hugging Face model directory (default: SmolLM2-135M-Instruct Q4_1)"
+    )
+    dtype: str = _opt("auto", "activation/weight dtype: auto (float32 on CPU), float32, bfloat16")
+    max_model_len: int | None = _opt(
+        None, "context length in tokens (prompt + output); default: the model's, at most 8192"
+    )
+    seed: int = _opt(0, "seed of the global sampling generator (requests without their own seed)")
+    device: str = _opt("auto", "auto, cpu or cuda")
+
+
+@dataclass
+class CacheConfig:
+    """The paged KV cache: block size and memory budget."""
+
+    block_size: int = _opt(16, "tokens per KV cache block")
+    kv_cache_memory_bytes: int | None = _opt(
+        None, "KV cache size in bytes (overrides --kv-cache-memory-fraction)"
+    )
+    kv_cache_memory_fraction: float = _opt(
+        0.1, "fraction of free device memory (RAM on CPU) for the KV cache when no byte size is set"
+    )
+    enable_prefix_caching: bool = _opt(True, "reuse the KV of shared prompt prefixes")
+
+
+@dataclass
+class SchedulerConfig:
+    """Continuous batching limits."""
+
+    max_num_seqs: int = _opt(64, "maximum requests running in one step")
+    max_num_batched_tokens: int = _opt(512, "maximum tokens computed in one step (chunk budget)")
+    enable_chunked_prefill: bool = _opt(True, "split long prompts across steps")
+
+
+@dataclass
+class ParallelConfig:
+    """Threads (and later, ranks)."""
+
+    num_threads: int | None = _opt(None, "torch intra-op threads on CPU (default: all cores)")
+
+
+@dataclass
+class EngineConfig:
+    """Everything the engine needs; built from keyword options by ``EngineConfig.from_options``."""
+
+    model_config: ModelConfig = field(default_factory=ModelConfig)
+    cache_config: CacheConfig = field(default_factory=CacheConfig)
+    scheduler_config: SchedulerConfig = field(default_factory=SchedulerConfig)
+    parallel_config: ParallelConfig = field(default_factory=ParallelConfig)
+
+    @classmethod
+    def from_options(cls, **options: Any) -> EngineConfig:
+        """Route flat keyword options (``max_num_seqs=8``) to their section.
+
+        Raises:
+            ValueError: naming an unknown option, or an option whose value is out of range.
+        """
+        sections = {
+            "model_config": ModelConfig,
+            "cache_config": CacheConfig,
+            "scheduler_config": SchedulerConfig,
+            "parallel_config": ParallelConfig,
+        }
+        values: dict[str, dict[str, Any]] = {name: {} for name in sections}
+        for key, value in options.items():
+            for section_name, section_cls in sections.items():
+                if key in {f.name for f in dataclasses.fields(section_cls)}:
+                    values[section_name][key] = value
+                    break
+            else:
+                raise ValueError(f"{key} is not an engine option; known options: {option_names()}")
+        config = cls(**{name: sections[name](**values[name]) for name in sections})
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if self.model_config.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.model_config.dtype!r}")
+        if self.model_config.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.model_config.device!r}")
+        _positive("block_size", self.cache_config.block_size)
+        _positive("max_num_seqs", self.scheduler_config.max_num_seqs)
+        _positive("max_num_batched_tokens", self.scheduler_config.max_num_batched_tokens)
+        if self.model_config.max_model_len is not None:
+            _positive("max_model_len", self.model_config.max_model_len)
+        if self.cache_config.kv_cache_memory_bytes is not None:
+            _positive("kv_cache_memory_bytes", self.cache_config.kv_cache_memory_bytes)
+        fraction = self.cache_config.kv_cache_memory_fraction
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"kv_cache_memory_fraction must be in (0, 1], got {fraction}")
+        if self.parallel_config.num_threads is not None:
+            _positive("num_threads", self.parallel_config.num_threads)
+
+
+def _positive(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+_SECTIONS = (ModelConfig, CacheConfig, SchedulerConfig, ParallelConfig)
+
+
+def option_names() -> list[str]:
+    return [f.name for section in _SECTIONS for f in dataclasses.fields(section)]
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    """Add one ``--flag-name`` per engine option (booleans get ``--no-flag`` too)."""
+    group = parser.add_argument_group("engine options")
+    for section in _SECTIONS:
+        for f in dataclasses.fields(section):
+            flag = "--" + f.name.replace("_", "-")
+            help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+            if f.type in ("bool",):
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+                continue
+            kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], None)
+            if "int" in str(f.type) and "None" in str(f.type):
+                kind = int
+            if "float" in str(f.type):
+                kind = float
+            group.add_argument(flag, type=kind or str, default=f.default, help=help_text)
+
+
+def options_from_cli(namespace: argparse.Namespace) -> dict[str, Any]:
+    """Collect the engine options from parsed CLI arguments."""
+    return {name: getattr(namespace, name) for name in option_names() if hasattr(namespace, name)}

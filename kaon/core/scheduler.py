@@ -1,0 +1,275 @@
+"""Scheduler: continuous batching with chunked prefill, prefix caching and preemption.
+
+Every step the scheduler hands out a token budget (``max_num_batched_tokens``) the way vLLM V1
+does, with no separate prefill and decode phases: each request just has tokens whose KV is not yet
+computed (``num_tokens - num_computed_tokens``): the whole prompt when new, one token when
+decoding, everything again after a preemption.
+
+    1. running requests, oldest first: schedule their missing tokens (clipped to the budget);
+       when blocks run out, preempt the newest running request (its KV is dropped and recomputed
+       later) until the older one fits.
+    2. waiting requests, FCFS, while the budget, ``max_num_seqs`` and free blocks allow; a prompt
+       longer than the budget is prefilled in chunks over several steps.
+
+The policy is FCFS: a waiting request never overtakes an older one.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from kaon.core.kv_cache_manager import KVCacheManager, cdiv
+from kaon.outputs import (
+    EngineCoreOutput,
+    ModelRunnerOutput,
+    NewRequestData,
+    ScheduledRequest,
+    SchedulerOutput,
+)
+from kaon.request import Request, RequestStatus
+
+
+@dataclass
+class SchedulerStats:
+    """Gauges for metrics and tests."""
+
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float  # fraction of KV cache blocks held by requests
+    prefix_cache_hit_rate: float
+    num_preemptions: int
+
+
+class Scheduler:
+    """Decides, every step, which requests run and how many tokens each computes."""
+
+    def __init__(
+        self,
+        kv_cache_manager: KVCacheManager,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        max_model_len: int,
+        enable_chunked_prefill: bool = True,
+    ) -> None:
+        self.kv_cache_manager = kv_cache_manager
+        self.block_size = kv_cache_manager.block_size
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_model_len = max_model_len
+        self.enable_chunked_prefill = enable_chunked_prefill
+        self.requests: dict[str, Request] = {}
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.finished_req_ids: set[str] = set()  # sent to the runner with the next step
+        self._seen_by_runner: set[str] = set()
+        self.num_preemptions = 0
+
+    # ------------------------------------------------------------------ admission
+
+    def add_request(self, request: Request) -> None:
+        """Queue a request (FCFS).
+
+        Raises:
+            ValueError: naming ``prompt`` if the prompt cannot fit max_model_len or the whole KV
+                cache (it could never run).
+        """
+        if request.request_id in self.requests:
+            raise ValueError(f"request_id {request.request_id!r} is already in use")
+        if request.num_tokens >= self.max_model_len:
+            raise ValueError(
+                f"prompt is {request.num_tokens} tokens; max_model_len is {self.max_model_len}, "
+                "which must leave room for at least one generated token"
+            )
+        max_tokens_needed = request.num_tokens + 1
+        if cdiv(max_tokens_needed, self.block_size) > self.kv_cache_manager.block_pool.num_blocks:
+            raise ValueError(
+                f"prompt is {request.num_tokens} tokens but the whole KV cache holds only "
+                f"{self.kv_cache_manager.block_pool.num_blocks * self.block_size} tokens"
+            )
+        self.requests[request.request_id] = request
+        self.waiting.append(request)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    # ------------------------------------------------------------------ schedule
+
+    def schedule(self) -> SchedulerOutput:
+        """Pick this step's work. Advances each scheduled request's ``num_computed_tokens``."""
+        token_budget = self.max_num_batched_tokens
+        scheduled: list[tuple[Request, int]] = []
+        token_budget, preempted = self._schedule_running(scheduled, token_budget)
+        if not preempted:
+            self._schedule_waiting(scheduled, token_budget)
+        return self._build_output(scheduled)
+
+    def _schedule_running(
+        self, scheduled: list[tuple[Request, int]], token_budget: int
+    ) -> tuple[int, bool]:
+        preempted = False
+        index = 0
+        while index < len(self.running) and token_budget > 0:
+            request = self.running[index]
+            num_new_tokens = min(request.num_tokens - request.num_computed_tokens, token_budget)
+            while True:
+                if self.kv_cache_manager.allocate_slots(request, num_new_tokens) is not None:
+                    scheduled.append((request, num_new_tokens))
+                    token_budget -= num_new_tokens
+                    index += 1
+                    break
+                # Out of blocks: preempt the newest running request, maybe this one.
+                victim = self.running.pop()
+                self._preempt(victim)
+                preempted = True
+                if victim is request:
+                    break
+        return token_budget, preempted
+
+    def _schedule_waiting(self, scheduled: list[tuple[Request, int]], token_budget: int) -> None:
+        while self.waiting and token_budget > 0 and len(self.running) < self.max_num_seqs:
+            request = self.waiting[0]
+            computed_blocks: list = []
+            if request.num_computed_tokens == 0:
+                computed_blocks, num_hit_tokens = self.kv_cache_manager.get_computed_blocks(request)
+                if request.num_cached_tokens < 0:
+                    request.num_cached_tokens = num_hit_tokens
+            else:
+                num_hit_tokens = 0
+            num_new_tokens = request.num_tokens - num_hit_tokens
+            if num_new_tokens > token_budget and not self.enable_chunked_prefill:
+                break
+            num_new_tokens = min(num_new_tokens, token_budget)
+            request.num_computed_tokens = num_hit_tokens
+            if self.kv_cache_manager.allocate_slots(request, num_new_tokens, computed_blocks) is None:
+                request.num_computed_tokens = 0
+                break
+            self.waiting.popleft()
+            request.status = RequestStatus.RUNNING
+            self.running.append(request)
+            scheduled.append((request, num_new_tokens))
+            token_budget -= num_new_tokens
+
+    def _preempt(self, request: Request) -> None:
+        """Drop a running request's KV (recomputed later) and put it first in line."""
+        self.kv_cache_manager.free(request)
+        request.status = RequestStatus.PREEMPTED
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(request)
+
+    def _build_output(self, scheduled: list[tuple[Request, int]]) -> SchedulerOutput:
+        scheduled_requests = []
+        new_requests = []
+        for request, num_new_tokens in scheduled:
+            if request.request_id not in self._seen_by_runner:
+                self._seen_by_runner.add(request.request_id)
+                new_requests.append(
+                    NewRequestData(
+                        request.request_id, request.prompt_token_ids, request.sampling_params
+                    )
+                )
+            start = request.num_computed_tokens
+            end = start + num_new_tokens
+            scheduled_requests.append(
+                ScheduledRequest(
+                    request_id=request.request_id,
+                    token_ids=request.all_token_ids[start:end],
+                    num_computed_tokens=start,
+                    block_ids=self.kv_cache_manager.get_block_ids(request.request_id),
+                    sample=end == request.num_tokens,
+                )
+            )
+            request.num_computed_tokens = end
+        output = SchedulerOutput(
+            scheduled_requests=scheduled_requests,
+            new_requests=new_requests,
+            num_scheduled_tokens=sum(n for _, n in scheduled),
+            finished_req_ids=self.finished_req_ids,
+        )
+        self.finished_req_ids = set()
+        return output
+
+    # ------------------------------------------------------------------ update
+
+    def update_from_output(
+        self, scheduler_output: SchedulerOutput, runner_output: ModelRunnerOutput
+    ) -> list[EngineCoreOutput]:
+        """Append sampled tokens, apply stop conditions, free finished requests' blocks."""
+        outputs = []
+        for request_id, token_id in zip(
+            runner_output.req_ids, runner_output.sampled_token_ids, strict=True
+        ):
+            request = self.requests.get(request_id)
+            if request is None or request.is_finished:
+                continue  # aborted while the step ran
+            request.append_output_token_ids([token_id])
+            self._check_stop(request, token_id)
+            prompt_logprobs = runner_output.prompt_logprobs.get(request_id)
+            logprobs = runner_output.logprobs.get(request_id)
+            outputs.append(
+                EngineCoreOutput(
+                    request_id=request_id,
+                    new_token_ids=[token_id],
+                    finish_reason=request.status.finish_reason,
+                    stop_reason=request.stop_reason,
+                    new_logprobs=[logprobs] if logprobs is not None else None,
+                    new_prompt_logprobs=prompt_logprobs,
+                    num_cached_tokens=max(request.num_cached_tokens, 0),
+                )
+            )
+            if request.is_finished:
+                self._free_finished(request)
+        return outputs
+
+    def _check_stop(self, request: Request, token_id: int) -> None:
+        params = request.sampling_params
+        if request.num_output_tokens > params.min_tokens or params.min_tokens == 0:
+            if not params.ignore_eos and token_id in request.eos_token_ids:
+                request.status = RequestStatus.FINISHED_STOPPED
+                return
+            if token_id in params.stop_token_ids:
+                request.status = RequestStatus.FINISHED_STOPPED
+                request.stop_reason = token_id
+                return
+        max_tokens = request.max_tokens
+        if (max_tokens is not None and request.num_output_tokens >= max_tokens) or (
+            request.num_tokens >= self.max_model_len
+        ):
+            request.status = RequestStatus.FINISHED_LENGTH
+
+    def finish_requests(self, request_ids: list[str], status: RequestStatus) -> None:
+        """End requests from outside (abort, stop string); unknown or finished ids are ignored."""
+        for request_id in request_ids:
+            request = self.requests.get(request_id)
+            if request is None or request.is_finished:
+                continue
+            if request.status == RequestStatus.RUNNING:
+                self.running.remove(request)
+            else:
+                self.waiting.remove(request)
+            request.status = status
+            self._free_finished(request)
+
+    def _free_finished(self, request: Request) -> None:
+        if request in self.running:
+            self.running.remove(request)
+        self.kv_cache_manager.free(request)
+        del self.requests[request.request_id]
+        if request.request_id in self._seen_by_runner:
+            self._seen_by_runner.discard(request.request_id)
+            self.finished_req_ids.add(request.request_id)
+
+    def stats(self) -> SchedulerStats:
+        return SchedulerStats(
+            num_running=len(self.running),
+            num_waiting=len(self.waiting),
+            kv_cache_usage=self.kv_cache_manager.usage(),
+            prefix_cache_hit_rate=self.kv_cache_manager.prefix_cache_hit_rate(),
+            num_preemptions=self.num_preemptions,
+        )
+

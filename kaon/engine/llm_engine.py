@@ -1,0 +1,175 @@
+"""LLMEngine: the synchronous engine. ``step()`` is the whole pipeline, once:
+
+    schedule -> execute (model + sampler) -> update_from_output -> detokenize
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from kaon.config import EngineConfig
+from kaon.core.kv_cache_manager import KVCacheManager
+from kaon.core.scheduler import Scheduler, SchedulerStats
+from kaon.device import resolve_device, resolve_dtype
+from kaon.engine.input_processor import InputProcessor, PromptType
+from kaon.engine.output_processor import OutputProcessor
+from kaon.executor.executor import UniprocExecutor
+from kaon.models.loader import load_model
+from kaon.outputs import RequestOutput
+from kaon.request import Request, RequestStatus
+from kaon.sampling_params import SamplingParams
+from kaon.worker.kv_cache import allocate_kv_cache, bytes_per_block, num_blocks_for_budget
+from kaon.worker.model_runner import ModelRunner
+
+logger = logging.getLogger("kaon")
+
+
+class LLMEngine:
+    """Owns the model, the KV cache, the scheduler and the detokenizers of one engine replica.
+
+    Not thread-safe: AsyncLLM serialises calls into it.
+    """
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        model_config, cache_config = config.model_config, config.cache_config
+        if config.parallel_config.num_threads:
+            torch.set_num_threads(config.parallel_config.num_threads)
+        self.device = resolve_device(model_config.device)
+        self.dtype = resolve_dtype(model_config.dtype, self.device)
+        start = time.perf_counter()
+        loaded = load_model(model_config.model, self.dtype, self.device)
+        self.model_name = loaded.name
+        self.model_path = loaded.path
+        self.arch_config = loaded.config
+        self.tokenizer = loaded.tokenizer
+        self.generation_defaults = loaded.generation_defaults
+        self.eos_token_ids = set(self.tokenizer.eos_token_ids) | set(loaded.config.eos_token_ids)
+        logger.info("loaded %s in %.1f s (%s, %s)", loaded.path, time.perf_counter() - start,
+                    self.dtype, self.device)  # fmt: skip
+        num_blocks = num_blocks_for_budget(
+            loaded.config, cache_config.block_size, self.dtype, self.device,
+            cache_config.kv_cache_memory_bytes, cache_config.kv_cache_memory_fraction,
+        )  # fmt: skip
+        self.max_model_len = self._resolve_max_model_len(num_blocks * cache_config.block_size)
+        self._log_kv_capacity(num_blocks)
+        kv_caches = allocate_kv_cache(
+            loaded.config, num_blocks, cache_config.block_size, self.dtype, self.device
+        )
+        runner = ModelRunner(
+            loaded.model, kv_caches, cache_config.block_size, self.eos_token_ids, self.device
+        )
+        self.executor = UniprocExecutor(runner)
+        self.kv_cache_manager = KVCacheManager(
+            num_blocks, cache_config.block_size, cache_config.enable_prefix_caching
+        )
+        scheduler_config = config.scheduler_config
+        self.scheduler = Scheduler(
+            self.kv_cache_manager,
+            max_num_seqs=scheduler_config.max_num_seqs,
+            max_num_batched_tokens=scheduler_config.max_num_batched_tokens,
+            max_model_len=self.max_model_len,
+            enable_chunked_prefill=scheduler_config.enable_chunked_prefill,
+        )
+        self.input_processor = InputProcessor(self.tokenizer, self.max_model_len)
+        self.output_processor = OutputProcessor(self.tokenizer)
+        self.num_steps = 0
+
+    @classmethod
+    def from_options(cls, **options: object) -> LLMEngine:
+        return cls(EngineConfig.from_options(**options))
+
+    def _resolve_max_model_len(self, kv_capacity_tokens: int) -> int:
+        asked = self.config.model_config.max_model_len
+        model_max = self.arch_config.max_position_embeddings
+        if asked is not None and asked > model_max:
+            raise ValueError(f"max_model_len {asked} exceeds the model's context length {model_max}")
+        length = asked or model_max
+        if length > kv_capacity_tokens:
+            if asked is not None:
+                raise ValueError(
+                    f"max_model_len {asked} tokens does not fit the KV cache ({kv_capacity_tokens} "
+                    "tokens); raise kv_cache_memory_bytes or lower max_model_len"
+                )
+            logger.warning("max_model_len lowered to %d tokens to fit the KV cache", kv_capacity_tokens)
+            length = kv_capacity_tokens
+        return length
+
+    def _log_kv_capacity(self, num_blocks: int) -> None:
+        block_size = self.config.cache_config.block_size
+        per_block = bytes_per_block(self.arch_config, block_size, self.dtype)
+        num_tokens = num_blocks * block_size
+        logger.info(
+            "KV cache: %d blocks x %d tokens = %d tokens (%.1f MiB); maximum concurrency at "
+            "max_model_len %d: %.2fx",
+            num_blocks, block_size, num_tokens, num_blocks * per_block / 2**20,
+            self.max_model_len, num_tokens / self.max_model_len,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ requests
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt: PromptType,
+        sampling_params: SamplingParams,
+        arrival_time: float | None = None,
+        queue: object = None,
+    ) -> None:
+        """Validate, tokenize and queue a request.
+
+        Raises:
+            ValueError: naming the bad field; the engine and other requests are unaffected.
+        """
+        if request_id in self.output_processor.requests:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        prompt_text, prompt_token_ids = self.input_processor.process(prompt, sampling_params)
+        arrival = time.monotonic() if arrival_time is None else arrival_time
+        room = self.max_model_len - len(prompt_token_ids)
+        max_tokens = min(sampling_params.max_tokens or room, room)
+        child_ids = self.output_processor.add_request(
+            request_id, prompt_text, prompt_token_ids, sampling_params, arrival, queue
+        )
+        for index, child_id in enumerate(child_ids):
+            params = sampling_params
+            if sampling_params.n > 1 and sampling_params.seed is not None:
+                params = sampling_params.clone()
+                params.seed = sampling_params.seed + index  # distinct but reproducible completions
+            request = Request(child_id, prompt_token_ids, params, self.eos_token_ids, arrival,
+                              max_tokens=max_tokens)  # fmt: skip
+            self.scheduler.add_request(request)
+
+    def abort_request(self, request_ids: list[str]) -> list[RequestOutput]:
+        """End user requests now (finish_reason "abort"); their KV blocks return to the pool."""
+        outputs = []
+        for request_id in request_ids:
+            children, output = self.output_processor.abort_request(request_id)
+            self.scheduler.finish_requests(children, RequestStatus.FINISHED_ABORTED)
+            if output is not None:
+                outputs.append(output)
+        return outputs
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self.output_processor.requests)
+
+    # ------------------------------------------------------------------ the step
+
+    def step(self) -> list[RequestOutput]:
+        """Run one scheduling step and return the outputs of the requests that progressed."""
+        scheduler_output = self.scheduler.schedule()
+        runner_output = self.executor.execute_model(scheduler_output)
+        engine_outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
+        request_outputs, stopped = self.output_processor.process_outputs(engine_outputs)
+        if stopped:
+            self.scheduler.finish_requests(stopped, RequestStatus.FINISHED_STOPPED)
+        self.num_steps += 1
+        return request_outputs
+
+    def stats(self) -> SchedulerStats:
+        return self.scheduler.stats()

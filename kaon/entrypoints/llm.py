@@ -1,0 +1,111 @@
+"""LLM: the offline Python API (``LLM().generate(prompts, SamplingParams(...))``)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+from tqdm.auto import tqdm
+
+from kaon.engine.input_processor import PromptType
+from kaon.engine.llm_engine import LLMEngine
+from kaon.outputs import RequestOutput
+from kaon.sampling_params import SamplingParams
+
+Messages = list[dict]
+
+
+class LLM:
+    """Generate for many prompts at once with continuous batching.
+
+    ``LLM(model=None, **engine_options)``: ``model`` is a .gguf file or a Hugging Face directory
+    (default: SmolLM2-135M-Instruct); options are those of ``kaon.config`` (``max_num_seqs``,
+    ``max_num_batched_tokens``, ``kv_cache_memory_bytes``, ``dtype``, ...).
+
+    Raises:
+        ValueError: naming an unknown or out-of-range option.
+    """
+
+    def __init__(self, model: str | None = None, **engine_options: object) -> None:
+        self.engine = LLMEngine.from_options(model=model, **engine_options)
+        self._counter = itertools.count()
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    def generate(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
+        """Generate for each prompt (a string or a list of token ids); outputs keep input order.
+
+        Raises:
+            ValueError: for a bad prompt or sampling parameter; nothing is queued in that case.
+        """
+        prompt_list = _as_prompt_list(prompts)
+        params_list = _as_params_list(sampling_params, len(prompt_list))
+        request_ids = [str(next(self._counter)) for _ in prompt_list]
+        try:
+            for request_id, prompt, params in zip(request_ids, prompt_list, params_list, strict=True):
+                self.engine.add_request(request_id, prompt, params)
+        except ValueError:
+            self.engine.abort_request(request_ids)
+            raise
+        return self._run(request_ids, use_tqdm)
+
+    def chat(
+        self,
+        messages: Messages | Sequence[Messages],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        add_generation_prompt: bool = True,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
+        """Render each conversation with the model's chat template, then generate."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        prompts = [
+            self.tokenizer.apply_chat_template(list(conv), add_generation_prompt=add_generation_prompt)
+            for conv in conversations  # type: ignore[union-attr]
+        ]
+        return self.generate(prompts, sampling_params, use_tqdm)
+
+    def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+        wanted = set(request_ids)
+        finished: dict[str, RequestOutput] = {}
+        progress = tqdm(total=len(request_ids), desc="Generating", disable=not use_tqdm, unit="req")
+        with progress:
+            while len(finished) < len(request_ids):
+                if not self.engine.has_unfinished_requests():
+                    break  # defensive: nothing left to run
+                for output in self.engine.step():
+                    if output.finished and output.request_id in wanted:
+                        finished[output.request_id] = output
+                        progress.update(1)
+        return [finished[request_id] for request_id in request_ids if request_id in finished]
+
+
+def _as_prompt_list(prompts: PromptType | Sequence[PromptType]) -> list[PromptType]:
+    if isinstance(prompts, str):
+        return [prompts]
+    if isinstance(prompts, list | tuple) and prompts and all(isinstance(p, int) for p in prompts):
+        return [list(prompts)]  # one prompt given as token ids
+    if not isinstance(prompts, list | tuple):
+        raise ValueError(f"prompts must be a string, token ids or a list of them, got {type(prompts).__name__}")
+    if not prompts:
+        raise ValueError("prompts must not be empty")
+    return list(prompts)  # type: ignore[arg-type]
+
+
+def _as_params_list(
+    sampling_params: SamplingParams | Sequence[SamplingParams] | None, count: int
+) -> list[SamplingParams]:
+    if sampling_params is None:
+        return [SamplingParams() for _ in range(count)]
+    if isinstance(sampling_params, SamplingParams):
+        return [sampling_params] * count
+    params = list(sampling_params)
+    if len(params) != count:
+        raise ValueError(f"sampling_params has {len(params)} entries for {count} prompts")
+    return params

@@ -1,0 +1,19 @@
+"""The only module that reads the environment (KAON_* variables)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """KAON_CACHE_DIR, else $XDG_CACHE_HOME/kaon, else ~/.cache/kaon."""
+    if value := os.environ.get("KAON_CACHE_DIR"):
+        return Path(value)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "kaon"
+
+
+def log_level() -> str:
+    """KAON_LOG_LEVEL (default INFO)."""
+    return os.environ.get("KAON_LOG_LEVEL", "INFO").upper()

@@ -1,0 +1,144 @@
+"""Llama-family decoder (Llama 2/3, SmolLM, Mistral, Qwen2) over a paged KV cache.
+
+    input_ids [T] -> embed_tokens -> 30 x (RMSNorm -> attention -> +res -> RMSNorm -> SwiGLU -> +res)
+                  -> norm -> hidden [T, hidden_size];  compute_logits(hidden[rows]) -> [rows, vocab]
+
+T is the flattened token count of every request scheduled this step (decodes and prefill chunks
+mixed). Parameter names follow Hugging Face's, except that q/k/v and gate/up projections are stored
+fused (``qkv_proj``, ``gate_up_proj``) so each is one GEMM; the loaders concatenate them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kaon.attention.metadata import get_attention_metadata
+from kaon.attention.torch_backend import paged_attention, write_kv_cache
+from kaon.layers.norm import RMSNorm
+from kaon.layers.rotary import RotaryEmbedding
+from kaon.models.architecture import ArchitectureConfig
+
+
+def _weight(out_features: int, in_features: int) -> nn.Parameter:
+    return nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: ArchitectureConfig, rotary: RotaryEmbedding) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        self.scale = self.head_dim**-0.5
+        self.qkv_proj = _weight(self.q_size + 2 * self.kv_size, config.hidden_size)
+        self.qkv_bias = (
+            nn.Parameter(torch.zeros(self.q_size + 2 * self.kv_size), requires_grad=False)
+            if config.attention_bias
+            else None
+        )
+        self.o_proj = _weight(config.hidden_size, self.q_size)
+        self.rotary = rotary
+        # Set by ModelRunner.initialize_kv_cache: [num_blocks, block_size, kv_heads, head_dim] each.
+        self.key_cache: torch.Tensor | None = None
+        self.value_cache: torch.Tensor | None = None
+
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        num_tokens = hidden.shape[0]
+        qkv = F.linear(hidden, self.qkv_proj, self.qkv_bias)  # [T, q_size + 2 * kv_size]
+        query, key, value = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        query = query.view(num_tokens, self.num_heads, self.head_dim)
+        key = key.view(num_tokens, self.num_kv_heads, self.head_dim)
+        value = value.view(num_tokens, self.num_kv_heads, self.head_dim)
+        query, key = self.rotary(positions, query, key)
+        metadata = get_attention_metadata()
+        assert self.key_cache is not None and self.value_cache is not None, "no KV cache"
+        write_kv_cache(key, value, self.key_cache, self.value_cache, metadata.slot_mapping)
+        attn = paged_attention(
+            query, key, value, self.key_cache, self.value_cache, metadata, self.scale
+        )  # [T, q_size]
+        return F.linear(attn, self.o_proj)
+
+
+class LlamaMLP(nn.Module):
+    """SwiGLU feed-forward (Shazeer 2020): down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: ArchitectureConfig) -> None:
+        super().__init__()
+        self.intermediate_size = config.intermediate_size
+        self.gate_up_proj = _weight(2 * config.intermediate_size, config.hidden_size)
+        self.down_proj = _weight(config.hidden_size, config.intermediate_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        gate_up = F.linear(hidden, self.gate_up_proj)  # [T, 2 * intermediate]
+        gate, up = gate_up.split(self.intermediate_size, dim=-1)
+        return F.linear(F.silu(gate) * up, self.down_proj)
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: ArchitectureConfig, rotary: RotaryEmbedding) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = LlamaAttention(config, rotary)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = LlamaMLP(config)
+
+    def forward(
+        self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class LlamaForCausalLM(nn.Module):
+    """The whole decoder plus LM head; ``forward`` returns final hidden states, not logits."""
+
+    def __init__(self, config: ArchitectureConfig, freq_divisors: torch.Tensor | None = None):
+        super().__init__()
+        self.config = config
+        self.rotary = RotaryEmbedding(
+            config.head_dim,
+            config.max_position_embeddings,
+            config.rope_theta,
+            config.rope_scaling,
+            freq_divisors,
+        )
+        self.embed_tokens = nn.Parameter(
+            torch.empty(config.vocab_size, config.hidden_size), requires_grad=False
+        )
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, self.rotary) for _ in range(config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        # Tied models (SmolLM2) reuse embed_tokens as the LM head.
+        self.lm_head = (
+            None
+            if config.tie_word_embeddings
+            else nn.Parameter(torch.empty(config.vocab_size, config.hidden_size), requires_grad=False)
+        )
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """input_ids, positions: [num_tokens] int64 -> hidden [num_tokens, hidden_size]."""
+        hidden = F.embedding(input_ids, self.embed_tokens)
+        residual = None
+        for layer in self.layers:
+            hidden, residual = layer(positions, hidden, residual)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [rows, hidden_size] -> logits [rows, vocab_size] in float32."""
+        lm_head = self.embed_tokens if self.lm_head is None else self.lm_head
+        return F.linear(hidden, lm_head).float()
+
+    def kv_caches(self) -> list[LlamaAttention]:
+        return [layer.self_attn for layer in self.layers]

@@ -1,0 +1,5 @@
+"""Model loading: a .gguf file or a Hugging Face directory -> (model, tokenizer, generation defaults)."""
+
+from kaon.models.loader.loader import LoadedModel, load_model
+
+__all__ = ["LoadedModel", "load_model"]

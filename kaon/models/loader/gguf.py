@@ -1,0 +1,151 @@
+"""GGUF -> ArchitectureConfig + Hugging Face-named float tensors, through the ``gguf`` package.
+
+Format: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md. Tensor names map as
+
+    token_embd -> embed_tokens        blk.N.attn_{q,k,v,output} -> layers.N.self_attn.{q,k,v,o}_proj
+    output     -> lm_head             blk.N.ffn_{gate,up,down}  -> layers.N.mlp.{gate,up,down}_proj
+    output_norm -> norm               blk.N.{attn_norm,ffn_norm} -> layers.N.{input,post_attention}_layernorm
+
+llama.cpp's converter permutes the rows of Llama's q/k weights so that the two features rotated
+together by RoPE are adjacent (Meta's original interleaved layout). We undo that permutation to get
+back Hugging Face's "rotate half" layout, which our RotaryEmbedding uses. Qwen2 files are not
+permuted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kaon.models.architecture import GGUF_ARCHITECTURES, ArchitectureConfig
+
+_LAYER_NAMES = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+_TOP_NAMES = {"token_embd": "embed_tokens", "output": "lm_head", "output_norm": "norm"}
+
+
+def open_gguf(path: str | Path):  # -> gguf.GGUFReader
+    """Open a GGUF file.
+
+    Raises:
+        ValueError: naming the file when it is not a readable GGUF (bad magic, truncated header).
+    """
+    import gguf
+
+    try:
+        return gguf.GGUFReader(str(path))
+    except Exception as error:  # the reader raises ValueError, struct/IndexError on corrupt files
+        raise ValueError(f"{path} is not a valid GGUF file: {error}") from error
+
+
+def read_metadata(reader) -> dict[str, object]:
+    """All GGUF key/value fields as plain Python values."""
+    return {name: field.contents() for name, field in reader.fields.items()}
+
+
+def architecture_from_metadata(metadata: dict[str, object]) -> ArchitectureConfig:
+    """Map ``{arch}.*`` GGUF keys to ArchitectureConfig.
+
+    Raises:
+        ValueError: naming ``general.architecture`` when it is not a supported Llama family.
+    """
+    arch = metadata.get("general.architecture")
+    if arch not in GGUF_ARCHITECTURES:
+        raise ValueError(
+            f"GGUF general.architecture {arch!r} is not supported; kaon runs "
+            f"{', '.join(GGUF_ARCHITECTURES)} GGUF files"
+        )
+
+    def key(name: str, default: object = None) -> object:
+        return metadata.get(f"{arch}.{name}", default)
+
+    num_heads = int(key("attention.head_count"))  # type: ignore[arg-type]
+    hidden_size = int(key("embedding_length"))  # type: ignore[arg-type]
+    tokens = metadata.get("tokenizer.ggml.tokens") or []
+    rope_scaling = None
+    if key("rope.scaling.type") == "linear":
+        rope_scaling = {"rope_type": "linear", "factor": float(key("rope.scaling.factor"))}  # type: ignore[arg-type]
+    eos = metadata.get("tokenizer.ggml.eos_token_id")
+    return ArchitectureConfig(
+        architecture=GGUF_ARCHITECTURES[arch],  # type: ignore[index]
+        hidden_size=hidden_size,
+        intermediate_size=int(key("feed_forward_length")),  # type: ignore[arg-type]
+        num_hidden_layers=int(key("block_count")),  # type: ignore[arg-type]
+        num_attention_heads=num_heads,
+        num_key_value_heads=int(key("attention.head_count_kv", num_heads)),  # type: ignore[arg-type]
+        vocab_size=int(key("vocab_size", len(tokens))),  # type: ignore[arg-type]
+        head_dim=int(key("attention.key_length", hidden_size // num_heads)),  # type: ignore[arg-type]
+        rms_norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),  # type: ignore[arg-type]
+        rope_theta=float(key("rope.freq_base", 10000.0)),  # type: ignore[arg-type]
+        rope_scaling=rope_scaling,
+        max_position_embeddings=int(key("context_length", 2048)),  # type: ignore[arg-type]
+        tie_word_embeddings=False,  # decided by load_gguf_tensors (no output.weight -> tied)
+        attention_bias=arch == "qwen2",
+        bos_token_id=metadata.get("tokenizer.ggml.bos_token_id"),  # type: ignore[arg-type]
+        eos_token_ids=[int(eos)] if eos is not None else [],  # type: ignore[arg-type]
+    )
+
+
+def _hf_name(gguf_name: str) -> str | None:
+    base, _, suffix = gguf_name.rpartition(".")  # suffix: weight | bias
+    parts = base.split(".")
+    if parts[0] == "blk" and len(parts) == 3 and parts[2] in _LAYER_NAMES:
+        return f"layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.{suffix}"
+    if base in _TOP_NAMES:
+        return f"{_TOP_NAMES[base]}.{suffix}"
+    return None
+
+
+def _unpermute(weight: np.ndarray, num_heads: int) -> np.ndarray:
+    """Inverse of llama.cpp's q/k row permutation (interleaved pairs -> rotate-half halves)."""
+    rows = weight.shape[0]
+    head_dim = rows // num_heads
+    return (
+        weight.reshape(num_heads, head_dim // 2, 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
+
+
+def iter_gguf_tensors(
+    reader, config: ArchitectureConfig, dtype: torch.dtype
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (Hugging Face name, dequantized tensor in ``dtype``) for every model tensor.
+
+    ``rope_freqs`` (Llama 3 frequency divisors) is yielded under its own name.
+
+    Raises:
+        ValueError: naming the tensor whose GGUF type the gguf package cannot dequantize.
+    """
+    from gguf.quants import dequantize
+
+    permute = config.architecture != "Qwen2ForCausalLM"
+    for tensor in reader.tensors:
+        name = "rope_freqs" if tensor.name == "rope_freqs.weight" else _hf_name(tensor.name)
+        if name is None:
+            continue
+        try:
+            array = dequantize(tensor.data, tensor.tensor_type)
+        except NotImplementedError as error:
+            raise ValueError(
+                f"GGUF tensor {tensor.name} has type {tensor.tensor_type.name}, "
+                f"which cannot be dequantized: {error}"
+            ) from error
+        array = array.reshape(tuple(reversed([int(d) for d in tensor.shape])))
+        if permute and name.endswith(("q_proj.weight", "q_proj.bias")):
+            array = _unpermute(array, config.num_attention_heads)
+        elif permute and name.endswith(("k_proj.weight", "k_proj.bias")):
+            array = _unpermute(array, config.num_key_value_heads)
+        yield name, torch.from_numpy(np.ascontiguousarray(array)).to(dtype)

@@ -1,0 +1,159 @@
+"""load_model: a path (or None for the default) -> weights on the device, tokenizer, config."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from kaon.models.architecture import ArchitectureConfig
+from kaon.models.llama import LlamaForCausalLM
+from kaon.models.loader.default_model import DEFAULT_MODEL_NAME, default_model_path
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    model: LlamaForCausalLM
+    config: ArchitectureConfig
+    tokenizer: object  # kaon.tokenizer.Tokenizer
+    name: str  # served model name: the file or directory stem
+    path: str
+    generation_defaults: dict = field(default_factory=dict)
+
+
+def load_model(path: str | None, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+    """Load a .gguf file or a Hugging Face directory; ``None`` loads the default model.
+
+    Raises:
+        FileNotFoundError: the path or a required file in it does not exist.
+        ValueError: unsupported architecture, corrupt header, or unknown file kind.
+    """
+    if path is None:
+        path = default_model_path()
+        name = DEFAULT_MODEL_NAME
+    else:
+        name = Path(path).name.removesuffix(".gguf")
+    target = Path(path)
+    if not target.exists():
+        raise FileNotFoundError(f"model path {path} does not exist")
+    if target.is_dir():
+        return _load_hf_dir(target, name, dtype, device)
+    if target.suffix != ".gguf":
+        raise ValueError(
+            f"model {path} is neither a .gguf file nor a Hugging Face model directory "
+            "(config.json + *.safetensors + tokenizer.json)"
+        )
+    return _load_gguf(target, name, dtype, device)
+
+
+def _load_gguf(path: Path, name: str, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+    from kaon.models.loader.gguf import (
+        architecture_from_metadata,
+        iter_gguf_tensors,
+        open_gguf,
+        read_metadata,
+    )
+    from kaon.tokenizer import Tokenizer
+
+    reader = open_gguf(path)
+    metadata = read_metadata(reader)
+    config = architecture_from_metadata(metadata)
+    config.tie_word_embeddings = not any(t.name == "output.weight" for t in reader.tensors)
+    tensors = dict(iter_gguf_tensors(reader, config, dtype))
+    freq_divisors = tensors.pop("rope_freqs", None)
+    model = _build(config, tensors, dtype, device, freq_divisors)
+    tokenizer = Tokenizer.from_gguf(metadata)
+    return LoadedModel(model, config, tokenizer, name, str(path))
+
+
+def _load_hf_dir(path: Path, name: str, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+    from kaon.models.loader.safetensors import (
+        iter_safetensors,
+        read_generation_defaults,
+        read_hf_config,
+    )
+    from kaon.tokenizer import Tokenizer
+
+    config = ArchitectureConfig.from_hf_config(read_hf_config(path))
+    tensors = dict(iter_safetensors(path, config, dtype))
+    if "lm_head.weight" not in tensors:
+        config.tie_word_embeddings = True
+    model = _build(config, tensors, dtype, device, None)
+    tokenizer = Tokenizer.from_hf_dir(path)
+    defaults = read_generation_defaults(path)
+    return LoadedModel(model, config, tokenizer, name, str(path), defaults)
+
+
+def _build(
+    config: ArchitectureConfig,
+    tensors: dict[str, torch.Tensor],
+    dtype: torch.dtype,
+    device: torch.device,
+    freq_divisors: torch.Tensor | None,
+) -> LlamaForCausalLM:
+    """Create the model and fill it, fusing q/k/v and gate/up into one weight each."""
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    model = model.to_empty(device=device).to(dtype)
+    # Buffers were on meta: rebuild the RoPE tables for real.
+    model.rotary.__init__(  # type: ignore[misc]
+        config.head_dim,
+        config.max_position_embeddings,
+        config.rope_theta,
+        config.rope_scaling,
+        freq_divisors,
+    )
+    model.rotary.to(device)
+    params = _fuse(config, tensors)
+    own = dict(model.named_parameters())
+    missing = sorted(set(own) - set(params))
+    if missing:
+        raise ValueError(f"model weights are missing tensors: {', '.join(missing[:5])}")
+    with torch.no_grad():
+        for param_name, value in params.items():
+            if param_name not in own:
+                continue  # lm_head.weight of a tied checkpoint: embed_tokens serves
+            if own[param_name].shape != value.shape:
+                raise ValueError(
+                    f"tensor {param_name} has shape {tuple(value.shape)}, "
+                    f"expected {tuple(own[param_name].shape)}"
+                )
+            own[param_name].copy_(value)
+    return model.eval()
+
+
+def _fuse(config: ArchitectureConfig, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    params: dict[str, torch.Tensor] = {}
+    for name in ("embed_tokens", "lm_head"):
+        if f"{name}.weight" in tensors:
+            params[name] = tensors[f"{name}.weight"]
+    params["norm.weight"] = tensors["norm.weight"]
+    for i in range(config.num_hidden_layers):
+        prefix = f"layers.{i}"
+
+        def take(suffix: str, prefix: str = prefix) -> torch.Tensor:
+            key = f"{prefix}.{suffix}"
+            if key not in tensors:
+                raise ValueError(f"model weights are missing tensor {key}")
+            return tensors[key]
+
+        attn, mlp = f"{prefix}.self_attn", f"{prefix}.mlp"
+        params[f"{attn}.qkv_proj"] = torch.cat(
+            [take(f"self_attn.{p}_proj.weight") for p in "qkv"], dim=0
+        )
+        if config.attention_bias:
+            params[f"{attn}.qkv_bias"] = torch.cat(
+                [take(f"self_attn.{p}_proj.bias") for p in "qkv"], dim=0
+            )
+        params[f"{attn}.o_proj"] = take("self_attn.o_proj.weight")
+        params[f"{mlp}.gate_up_proj"] = torch.cat(
+            [take("mlp.gate_proj.weight"), take("mlp.up_proj.weight")], dim=0
+        )
+        params[f"{mlp}.down_proj"] = take("mlp.down_proj.weight")
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            params[f"{prefix}.{norm}.weight"] = take(f"{norm}.weight")
+    return params

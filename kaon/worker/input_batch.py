@@ -1,0 +1,102 @@
+"""InputBatch: one step's SchedulerOutput as the flat tensors the model and attention read.
+
+Rows are ordered decodes first, then prefill chunks (see kaon/attention/metadata.py). For a token at
+position ``p`` of a request with block table ``block_ids``:
+
+    slot_mapping = block_ids[p // block_size] * block_size + p % block_size
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kaon.attention.metadata import AttentionMetadata, PrefillChunk
+from kaon.outputs import ScheduledRequest
+
+
+@dataclass
+class InputBatch:
+    input_ids: torch.Tensor  # [num_tokens] int64
+    positions: torch.Tensor  # [num_tokens] int64
+    attention: AttentionMetadata
+    requests: list[ScheduledRequest]  # in row order
+    query_start_loc: list[int]  # [num_requests + 1], cumulative query lengths
+    logits_indices: torch.Tensor  # [num_sampled] int64: the last row of each sampling request
+    sampled_req_indices: list[int]  # index into ``requests`` for each logits row
+
+    @classmethod
+    def build(
+        cls, scheduled: list[ScheduledRequest], block_size: int, device: torch.device
+    ) -> InputBatch:
+        decodes = [r for r in scheduled if len(r.token_ids) == 1 and r.num_computed_tokens > 0]
+        prefills = [r for r in scheduled if not (len(r.token_ids) == 1 and r.num_computed_tokens > 0)]
+        requests = decodes + prefills
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        query_start_loc = [0]
+        for request in requests:
+            start = request.num_computed_tokens
+            input_ids.extend(request.token_ids)
+            for position in range(start, start + len(request.token_ids)):
+                positions.append(position)
+                block = request.block_ids[position // block_size]
+                slots.append(block * block_size + position % block_size)
+            query_start_loc.append(len(input_ids))
+        sampled_req_indices = [i for i, r in enumerate(requests) if r.sample]
+        logits_indices = [query_start_loc[i + 1] - 1 for i in sampled_req_indices]
+        attention = AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
+            num_decode_tokens=len(decodes),
+            **_decode_tensors(decodes, block_size, device),
+            prefills=[
+                _prefill_chunk(request, query_start_loc[len(decodes) + i], device)
+                for i, request in enumerate(prefills)
+            ],
+        )
+        return cls(
+            input_ids=torch.tensor(input_ids, dtype=torch.int64, device=device),
+            positions=torch.tensor(positions, dtype=torch.int64, device=device),
+            attention=attention,
+            requests=requests,
+            query_start_loc=query_start_loc,
+            logits_indices=torch.tensor(logits_indices, dtype=torch.int64, device=device),
+            sampled_req_indices=sampled_req_indices,
+        )
+
+
+def _decode_tensors(
+    decodes: list[ScheduledRequest], block_size: int, device: torch.device
+) -> dict[str, torch.Tensor | None]:
+    if not decodes:
+        return {"decode_block_tables": None, "decode_seq_lens": None, "decode_mask": None}
+    seq_lens = [r.num_computed_tokens + 1 for r in decodes]
+    max_blocks = max(-(-n // block_size) for n in seq_lens)
+    table = [r.block_ids[:max_blocks] + [0] * (max_blocks - len(r.block_ids[:max_blocks])) for r in decodes]
+    seq_lens_tensor = torch.tensor(seq_lens, dtype=torch.int64, device=device)
+    slots = torch.arange(max_blocks * block_size, device=device)
+    mask = (slots.unsqueeze(0) < seq_lens_tensor.unsqueeze(1)).view(len(decodes), 1, 1, -1)
+    return {
+        "decode_block_tables": torch.tensor(table, dtype=torch.int64, device=device),
+        "decode_seq_lens": seq_lens_tensor,
+        "decode_mask": mask,
+    }
+
+
+def _prefill_chunk(request: ScheduledRequest, query_start: int, device: torch.device) -> PrefillChunk:
+    num_context = request.num_computed_tokens
+    query_len = len(request.token_ids)
+    mask = None
+    if num_context > 0:
+        # Query i sits at position num_context + i and sees keys 0 .. num_context + i.
+        rows = torch.arange(query_len, device=device).unsqueeze(1) + num_context
+        mask = torch.arange(num_context + query_len, device=device).unsqueeze(0) <= rows
+    return PrefillChunk(
+        query_start=query_start,
+        query_len=query_len,
+        num_context_tokens=num_context,
+        block_ids=torch.tensor(request.block_ids, dtype=torch.int64, device=device),
+        mask=mask,
+    )
