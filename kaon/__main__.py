@@ -1,0 +1,5 @@
+import sys
+
+from kaon.cli import main
+
+sys.exit(main())
