@@ -228,7 +228,7 @@ class Scheduler:
 
     def _check_stop(self, request: Request, token_id: int) -> None:
         params = request.sampling_params
-        if request.num_output_tokens > params.min_tokens or params.min_tokens == 0:
+        if request.num_output_tokens > params.min_tokens:  # eos / stop ids allowed after min_tokens
             if not params.ignore_eos and token_id in request.eos_token_ids:
                 request.status = RequestStatus.FINISHED_STOPPED
                 return
