@@ -59,3 +59,27 @@ def tiny_spm_fields() -> dict[str, object]:
         "tokenizer.ggml.eos_token_id": 2,
         "tokenizer.ggml.unknown_token_id": 0,
     }
+
+
+# Engine fixtures. One shared LLM serves most engine tests; tests that need other limits make their
+# own (each load takes a few seconds on 2 cores).
+ENGINE_TEST_OPTIONS = {"kv_cache_memory_bytes": 200_000_000, "max_model_len": 2048}
+
+
+@pytest.fixture(scope="session")
+def llm():
+    """The default model in float32 with a 200 MB KV cache (about 4,300 tokens)."""
+    from kaon import LLM
+
+    return LLM(**ENGINE_TEST_OPTIONS)
+
+
+def assert_all_blocks_free(llm) -> None:
+    """Every KV cache block is back in the pool and no request is left anywhere."""
+    engine = llm.engine
+    pool = engine.kv_cache_manager.block_pool
+    assert pool.num_free_blocks == pool.num_blocks
+    assert all(block.ref_cnt == 0 for block in pool.blocks)
+    assert not engine.has_unfinished_requests()
+    assert not engine.output_processor.requests
+    assert not engine.scheduler.requests
