@@ -1,0 +1,1 @@
+"""``kaon bench``: throughput and latency benchmarks, optionally side by side with transformers."""

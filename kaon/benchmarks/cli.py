@@ -1,0 +1,45 @@
+"""Wires ``kaon bench throughput | latency`` into the ``kaon`` command.
+
+Engine flags come from ``add_cli_args``; ``--seed`` is the engine's and also seeds the random
+prompts, so one flag makes the whole run reproducible.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from kaon.benchmarks.latency import add_latency_args, run_latency
+from kaon.benchmarks.throughput import add_throughput_args, run_throughput
+
+
+def _add_output_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("report")
+    group.add_argument(
+        "--compare-hf",
+        action="store_true",
+        help="also run Hugging Face transformers (float32, same GGUF, same token ids) in this run",
+    )
+    group.add_argument(
+        "--output-json", default=None, help="write the settings and all raw figures to this file"
+    )
+
+
+def add_bench_commands(
+    bench: argparse.ArgumentParser, add_cli_args: Callable[[argparse.ArgumentParser], None]
+) -> None:
+    """Add the ``throughput`` and ``latency`` subcommands to the ``bench`` parser."""
+    commands = bench.add_subparsers(dest="bench_command", required=True)
+    throughput = commands.add_parser(
+        "throughput", help="offline: many requests at once; requests/s and tokens/s"
+    )
+    add_throughput_args(throughput)
+    throughput.set_defaults(handler=run_throughput)
+    latency = commands.add_parser(
+        "latency", help="one request at a time: TTFT, TPOT, end-to-end, float32 floor"
+    )
+    add_latency_args(latency)
+    latency.set_defaults(handler=run_latency)
+    for parser in (throughput, latency):
+        _add_output_args(parser)
+        add_cli_args(parser)
