@@ -20,7 +20,9 @@ def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--top-p", type=float, default=1.0)
     group.add_argument("--top-k", type=int, default=0)
     group.add_argument("--max-tokens", type=int, default=128, help="tokens to generate (default 128)")
-    group.add_argument("--seed", dest="sampling_seed", type=int, default=None)
+    group.add_argument(
+        "--sampling-seed", type=int, default=None, help="per-request seed (--seed seeds the engine)"
+    )
     group.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
 
 

@@ -21,6 +21,13 @@ from kaon.sample.metadata import SamplingMetadata
 LOGPROB_FLOOR = -9999.0
 
 
+def _clean(logits: torch.Tensor) -> torch.Tensor:
+    """float32 logits with NaN -> -inf and +inf -> the largest finite value."""
+    return torch.nan_to_num(
+        logits.float(), nan=float("-inf"), posinf=torch.finfo(torch.float32).max
+    )
+
+
 @dataclass
 class SamplerOutput:
     sampled_token_ids: torch.Tensor  # [batch] int64
@@ -35,7 +42,7 @@ class Sampler:
     """Batched, vectorised sampling; see the module docstring for the order of operations."""
 
     def __call__(self, logits: torch.Tensor, metadata: SamplingMetadata) -> SamplerOutput:
-        logits = torch.nan_to_num(logits.float(), nan=float("-inf"))
+        logits = _clean(logits)
         raw_logprobs = None
         if metadata.max_num_logprobs is not None:
             raw_logprobs = logits.log_softmax(dim=-1)
@@ -87,7 +94,8 @@ class Sampler:
     def _gather_logprobs(
         logprobs: torch.Tensor, sampled: torch.Tensor, num_top: int
     ) -> SamplerOutput:
-        logprobs = logprobs.clamp(min=LOGPROB_FLOOR)
+        # A row with no finite logit has NaN log-softmax: report the floor instead.
+        logprobs = torch.nan_to_num(logprobs, nan=LOGPROB_FLOOR).clamp(min=LOGPROB_FLOOR)
         sampled_logprob = logprobs.gather(1, sampled.unsqueeze(1))  # [batch, 1]
         ranks = (logprobs > sampled_logprob).sum(dim=-1) + 1
         top_values, top_ids = logprobs.topk(num_top, dim=-1) if num_top else (None, None)
@@ -108,7 +116,7 @@ def compute_prompt_logprobs(
     Returns ids [positions, 1 + num_top], logprobs of the same shape (column 0 the target token),
     ranks [positions].
     """
-    logprobs = torch.nan_to_num(logits.float(), nan=float("-inf")).log_softmax(dim=-1)
+    logprobs = _clean(logits).log_softmax(dim=-1)
     output = Sampler._gather_logprobs(logprobs, target_ids, num_top)
     assert output.logprob_token_ids is not None and output.logprobs is not None
     assert output.sampled_ranks is not None

@@ -148,4 +148,5 @@ def iter_gguf_tensors(
             array = _unpermute(array, config.num_attention_heads)
         elif permute and name.endswith(("k_proj.weight", "k_proj.bias")):
             array = _unpermute(array, config.num_key_value_heads)
-        yield name, torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
+        # Copy: F32 tensors are read-only views of the memory-mapped file.
+        yield name, torch.from_numpy(np.array(array, dtype=np.float32)).to(dtype)
