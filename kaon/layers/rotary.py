@@ -61,16 +61,22 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", freqs.cos(), persistent=False)
         self.register_buffer("sin", freqs.sin(), persistent=False)
 
-    def forward(
-        self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions: [num_tokens] int64; query/key: [num_tokens, num_heads, head_dim]."""
-        cos = self.cos[positions].unsqueeze(1)  # [num_tokens, 1, head_dim / 2]
-        sin = self.sin[positions].unsqueeze(1)
-        return _rotate(query, cos, sin), _rotate(key, cos, sin)
+    def lookup(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-step tables for ``apply``: cos and signed sin, each [num_tokens, 1, head_dim].
+
+        Computed once per step and shared by every layer.
+        """
+        cos = self.cos[positions]  # [num_tokens, head_dim / 2]
+        sin = self.sin[positions]
+        return torch.cat((cos, cos), -1).unsqueeze(1), torch.cat((-sin, sin), -1).unsqueeze(1)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.float().chunk(2, dim=-1)
-    rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    return rotated.to(x.dtype)
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [num_tokens, num_heads, head_dim] in place of a copy: returns a new tensor.
+
+    ``x * cos + rotate_half(x) * sin`` where ``rotate_half(x) = (-x2, x1)``; rolling x by half a
+    head gives ``(x2, x1)`` and the sign lives in ``signed_sin = (-sin, sin)``.
+    """
+    if x.dtype != torch.float32:
+        return apply_rotary(x.float(), cos, signed_sin).to(x.dtype)
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)

@@ -17,7 +17,7 @@ from torch import nn
 from kaon.attention.metadata import get_attention_metadata
 from kaon.attention.torch_backend import paged_attention, write_kv_cache
 from kaon.layers.norm import RMSNorm
-from kaon.layers.rotary import RotaryEmbedding
+from kaon.layers.rotary import RotaryEmbedding, apply_rotary
 from kaon.models.architecture import ArchitectureConfig
 
 
@@ -26,7 +26,7 @@ def _weight(out_features: int, in_features: int) -> nn.Parameter:
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: ArchitectureConfig, rotary: RotaryEmbedding) -> None:
+    def __init__(self, config: ArchitectureConfig) -> None:
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
@@ -41,19 +41,18 @@ class LlamaAttention(nn.Module):
             else None
         )
         self.o_proj = _weight(config.hidden_size, self.q_size)
-        self.rotary = rotary
         # Set by ModelRunner.initialize_kv_cache: [num_blocks, block_size, kv_heads, head_dim] each.
         self.key_cache: torch.Tensor | None = None
         self.value_cache: torch.Tensor | None = None
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, rope: tuple[torch.Tensor, torch.Tensor], hidden: torch.Tensor) -> torch.Tensor:
         num_tokens = hidden.shape[0]
         qkv = F.linear(hidden, self.qkv_proj, self.qkv_bias)  # [T, q_size + 2 * kv_size]
-        query, key, value = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        query = query.view(num_tokens, self.num_heads, self.head_dim)
-        key = key.view(num_tokens, self.num_kv_heads, self.head_dim)
-        value = value.view(num_tokens, self.num_kv_heads, self.head_dim)
-        query, key = self.rotary(positions, query, key)
+        # Rotate queries and keys together: [T, num_heads + num_kv_heads, head_dim].
+        query_key = qkv[:, : self.q_size + self.kv_size].view(num_tokens, -1, self.head_dim)
+        query_key = apply_rotary(query_key, *rope)
+        query, key = query_key.split([self.num_heads, self.num_kv_heads], dim=1)
+        value = qkv[:, self.q_size + self.kv_size :].view(num_tokens, self.num_kv_heads, self.head_dim)
         metadata = get_attention_metadata()
         assert self.key_cache is not None and self.value_cache is not None, "no KV cache"
         write_kv_cache(key, value, self.key_cache, self.value_cache, metadata.slot_mapping)
@@ -79,22 +78,25 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: ArchitectureConfig, rotary: RotaryEmbedding) -> None:
+    def __init__(self, config: ArchitectureConfig) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = LlamaAttention(config, rotary)
+        self.self_attn = LlamaAttention(config)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaMLP(config)
 
     def forward(
-        self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None
+        self,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if residual is None:
             residual = hidden
             hidden = self.input_layernorm(hidden)
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden)
+        hidden = self.self_attn(rope, hidden)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
@@ -116,7 +118,7 @@ class LlamaForCausalLM(nn.Module):
             torch.empty(config.vocab_size, config.hidden_size), requires_grad=False
         )
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, self.rotary) for _ in range(config.num_hidden_layers)
+            LlamaDecoderLayer(config) for _ in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         # Tied models (SmolLM2) reuse embed_tokens as the LM head.
@@ -129,9 +131,10 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """input_ids, positions: [num_tokens] int64 -> hidden [num_tokens, hidden_size]."""
         hidden = F.embedding(input_ids, self.embed_tokens)
+        rope = self.rotary.lookup(positions)  # shared by all layers
         residual = None
         for layer in self.layers:
-            hidden, residual = layer(positions, hidden, residual)
+            hidden, residual = layer(rope, hidden, residual)
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
