@@ -28,6 +28,15 @@ def _clean(logits: torch.Tensor) -> torch.Tensor:
     )
 
 
+def _no_processing(metadata: SamplingMetadata) -> bool:
+    return (
+        metadata.max_num_logprobs is None
+        and metadata.logit_bias is None
+        and not metadata.min_tokens_masks
+        and metadata.output_token_counts is None
+    )
+
+
 @dataclass
 class SamplerOutput:
     sampled_token_ids: torch.Tensor  # [batch] int64
@@ -42,6 +51,9 @@ class Sampler:
     """Batched, vectorised sampling; see the module docstring for the order of operations."""
 
     def __call__(self, logits: torch.Tensor, metadata: SamplingMetadata) -> SamplerOutput:
+        if metadata.all_greedy and _no_processing(metadata):
+            # Fast path: argmax ignores -inf and returns a valid id even for a NaN row.
+            return SamplerOutput(logits.argmax(dim=-1))
         logits = _clean(logits)
         raw_logprobs = None
         if metadata.max_num_logprobs is not None:
