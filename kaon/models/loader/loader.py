@@ -117,17 +117,21 @@ def _build(
         for param_name, value in params.items():
             if param_name not in own:
                 continue  # lm_head.weight of a tied checkpoint: embed_tokens serves
-            if own[param_name].shape != value.shape:
+            parts = value if isinstance(value, list) else [value]
+            shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:])
+            if own[param_name].shape != shape:
                 raise ValueError(
-                    f"tensor {param_name} has shape {tuple(value.shape)}, "
-                    f"expected {tuple(own[param_name].shape)}"
+                    f"tensor {param_name} has shape {shape}, expected {tuple(own[param_name].shape)}"
                 )
-            own[param_name].copy_(value)
+            torch.cat(parts, dim=0, out=own[param_name])  # fused weights written once
     return model.eval()
 
 
-def _fuse(config: ArchitectureConfig, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    params: dict[str, torch.Tensor] = {}
+def _fuse(
+    config: ArchitectureConfig, tensors: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+    """Parameter name -> tensor, or the parts a fused parameter is concatenated from (dim 0)."""
+    params: dict[str, torch.Tensor | list[torch.Tensor]] = {}
     for name in ("embed_tokens", "lm_head"):
         if f"{name}.weight" in tensors:
             params[name] = tensors[f"{name}.weight"]
@@ -142,17 +146,11 @@ def _fuse(config: ArchitectureConfig, tensors: dict[str, torch.Tensor]) -> dict[
             return tensors[key]
 
         attn, mlp = f"{prefix}.self_attn", f"{prefix}.mlp"
-        params[f"{attn}.qkv_proj"] = torch.cat(
-            [take(f"self_attn.{p}_proj.weight") for p in "qkv"], dim=0
-        )
+        params[f"{attn}.qkv_proj"] = [take(f"self_attn.{p}_proj.weight") for p in "qkv"]
         if config.attention_bias:
-            params[f"{attn}.qkv_bias"] = torch.cat(
-                [take(f"self_attn.{p}_proj.bias") for p in "qkv"], dim=0
-            )
+            params[f"{attn}.qkv_bias"] = [take(f"self_attn.{p}_proj.bias") for p in "qkv"]
         params[f"{attn}.o_proj"] = take("self_attn.o_proj.weight")
-        params[f"{mlp}.gate_up_proj"] = torch.cat(
-            [take("mlp.gate_proj.weight"), take("mlp.up_proj.weight")], dim=0
-        )
+        params[f"{mlp}.gate_up_proj"] = [take("mlp.gate_proj.weight"), take("mlp.up_proj.weight")]
         params[f"{mlp}.down_proj"] = take("mlp.down_proj.weight")
         for norm in ("input_layernorm", "post_attention_layernorm"):
             params[f"{prefix}.{norm}.weight"] = take(f"{norm}.weight")
