@@ -1,6 +1,6 @@
 """The ``kaon`` command: serve | generate | chat | bench.
 
-Engine flags (``--max-num-seqs``, ``--kv-cache-memory-bytes``, ...) come from the config dataclasses,
+Engine flags (``--max-num-seqs``, ``--kv-cache-memory-bytes``, ...) come from the config classes,
 so they are the same for every subcommand and match the Python options and vLLM's names.
 """
 
@@ -19,7 +19,9 @@ def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     group.add_argument("--top-p", type=float, default=1.0)
     group.add_argument("--top-k", type=int, default=0)
-    group.add_argument("--max-tokens", type=int, default=128, help="tokens to generate (default 128)")
+    group.add_argument(
+        "--max-tokens", type=int, default=128, help="tokens to generate (default 128)"
+    )
     group.add_argument(
         "--sampling-seed", type=int, default=None, help="per-request seed (--seed seeds the engine)"
     )
@@ -76,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     serve.set_defaults(handler=_cmd_serve)
 
-    generate = sub.add_parser("generate", help="generate for one or more prompts and print the text")
+    generate = sub.add_parser(
+        "generate", help="generate for one or more prompts and print the text"
+    )
     generate.add_argument("prompts", nargs="+", help="prompt text(s)")
     generate.add_argument(
         "--chat-template", action=argparse.BooleanOptionalAction, default=True,

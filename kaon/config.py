@@ -1,7 +1,7 @@
 """Engine configuration: one plain dataclass per concern, joined in EngineConfig.
 
 Every user option carries its default and a help line in ``metadata``; the CLI builds its flags
-from these fields (``add_cli_args``) so names stay identical to vLLM's across Python, CLI and server.
+from these fields (``add_cli_args``) so names stay identical to vLLM's in Python, CLI and server.
 """
 
 from __future__ import annotations
@@ -97,7 +97,9 @@ class EngineConfig:
 
     def validate(self) -> None:
         if self.model_config.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.model_config.dtype!r}")
+            raise ValueError(
+                f"dtype must be auto, float32, bfloat16 or float16, got {self.model_config.dtype!r}"
+            )
         if self.model_config.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.model_config.device!r}")
         _positive("block_size", self.cache_config.block_size)
@@ -134,9 +136,11 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
             flag = "--" + f.name.replace("_", "-")
             help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
             if f.type in ("bool",):
-                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+                group.add_argument(
+                    flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
+                )
                 continue
-            kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], None)
+            kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0])
             if "int" in str(f.type) and "None" in str(f.type):
                 kind = int
             if "float" in str(f.type):

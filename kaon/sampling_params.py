@@ -31,7 +31,9 @@ class SamplingParams:
     presence_penalty: float = 0.0  # in [-2, 2]
     frequency_penalty: float = 0.0  # in [-2, 2]
     repetition_penalty: float = 1.0  # > 0; 1 = disabled
-    seed: int | None = None  # per-request generator seed: same seed, same output, whatever the batch
+    seed: int | None = (
+        None  # per-request generator seed: same seed, same output, whatever the batch
+    )
     logit_bias: dict[int, float] | None = None  # token id -> additive bias in [-100, 100]
     max_tokens: int | None = 16  # generated tokens; None = up to max_model_len
     min_tokens: int = 0  # eos / stop_token_ids are masked until this many tokens exist
@@ -150,4 +152,3 @@ def _check_int(name: str, value: object, low: int | None = None, high: int | Non
         raise ValueError(f"{name} must be >= {low}, got {value}")
     if high is not None and value > high:
         raise ValueError(f"{name} must be <= {high}, got {value}")
-

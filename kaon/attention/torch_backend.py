@@ -65,9 +65,7 @@ def paged_attention(
         else:
             chunk_key = _gather(key_cache, chunk.block_ids, chunk.seq_len)
             chunk_value = _gather(value_cache, chunk.block_ids, chunk.seq_len)
-        output[rows] = _prefill_attention(
-            query[rows], chunk_key, chunk_value, chunk.mask, scale
-        )
+        output[rows] = _prefill_attention(query[rows], chunk_key, chunk_value, chunk.mask, scale)
     return output.view(num_tokens, num_heads * head_dim)
 
 

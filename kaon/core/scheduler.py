@@ -144,7 +144,10 @@ class Scheduler:
                 break
             num_new_tokens = min(num_new_tokens, token_budget)
             request.num_computed_tokens = num_hit_tokens
-            if self.kv_cache_manager.allocate_slots(request, num_new_tokens, computed_blocks) is None:
+            if (
+                self.kv_cache_manager.allocate_slots(request, num_new_tokens, computed_blocks)
+                is None
+            ):
                 request.num_computed_tokens = 0
                 break
             self.waiting.popleft()
@@ -272,4 +275,3 @@ class Scheduler:
             prefix_cache_hit_rate=self.kv_cache_manager.prefix_cache_hit_rate(),
             num_preemptions=self.num_preemptions,
         )
-

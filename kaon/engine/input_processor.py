@@ -41,7 +41,8 @@ class InputProcessor:
                     raise ValueError(f"prompt token ids must be integers, got {token_id!r}")
                 if not 0 <= token_id < self.vocab_size:
                     raise ValueError(
-                        f"prompt token id {token_id} is outside the vocabulary [0, {self.vocab_size})"
+                        f"prompt token id {token_id} is outside the vocabulary "
+                        f"[0, {self.vocab_size})"
                     )
         else:
             raise ValueError(

@@ -1,6 +1,6 @@
 """LLMEngine: the synchronous engine. ``step()`` is the whole pipeline, once:
 
-    schedule -> execute (model + sampler) -> update_from_output -> detokenize
+schedule -> execute (model + sampler) -> update_from_output -> detokenize
 """
 
 from __future__ import annotations
@@ -86,7 +86,9 @@ class LLMEngine:
         asked = self.config.model_config.max_model_len
         model_max = self.arch_config.max_position_embeddings
         if asked is not None and asked > model_max:
-            raise ValueError(f"max_model_len {asked} exceeds the model's context length {model_max}")
+            raise ValueError(
+                f"max_model_len {asked} exceeds the model's context length {model_max}"
+            )
         length = asked or model_max
         if length > kv_capacity_tokens:
             if asked is not None:
@@ -94,7 +96,9 @@ class LLMEngine:
                     f"max_model_len {asked} tokens does not fit the KV cache ({kv_capacity_tokens} "
                     "tokens); raise kv_cache_memory_bytes or lower max_model_len"
                 )
-            logger.warning("max_model_len lowered to %d tokens to fit the KV cache", kv_capacity_tokens)
+            logger.warning(
+                "max_model_len lowered to %d tokens to fit the KV cache", kv_capacity_tokens
+            )
             length = kv_capacity_tokens
         return length
 

@@ -162,7 +162,9 @@ class OutputProcessor:
             return
         for token_id, position in zip(output.new_token_ids, output.new_logprobs, strict=True):
             for candidate_id, logprob in position.items():
-                logprob.decoded_token = self.tokenizer.decode([candidate_id], skip_special_tokens=False)
+                logprob.decoded_token = self.tokenizer.decode(
+                    [candidate_id], skip_special_tokens=False
+                )
             completion.logprobs.append(position)
             assert completion.cumulative_logprob is not None
             completion.cumulative_logprob += position[token_id].logprob
@@ -186,7 +188,11 @@ class OutputProcessor:
                 completion.sent_text = len(completion.text)
                 completion.sent_tokens = len(completion.token_ids)
             else:
-                text, token_ids, logprobs = completion.text, list(completion.token_ids), completion.logprobs
+                text, token_ids, logprobs = (
+                    completion.text,
+                    list(completion.token_ids),
+                    completion.logprobs,
+                )
             completions.append(
                 CompletionOutput(
                     index=completion.index,
@@ -227,7 +233,9 @@ class OutputProcessor:
     def _forget(self, state: RequestState) -> None:
         del self.requests[state.request_id]
         for index in range(state.params.n):
-            self._child_to_parent.pop(child_request_id(state.request_id, index, state.params.n), None)
+            self._child_to_parent.pop(
+                child_request_id(state.request_id, index, state.params.n), None
+            )
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)

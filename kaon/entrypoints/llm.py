@@ -49,7 +49,9 @@ class LLM:
         params_list = _as_params_list(sampling_params, len(prompt_list))
         request_ids = [str(next(self._counter)) for _ in prompt_list]
         try:
-            for request_id, prompt, params in zip(request_ids, prompt_list, params_list, strict=True):
+            for request_id, prompt, params in zip(
+                request_ids, prompt_list, params_list, strict=True
+            ):
                 self.engine.add_request(request_id, prompt, params)
         except ValueError:
             self.engine.abort_request(request_ids)
@@ -66,7 +68,9 @@ class LLM:
         """Render each conversation with the model's chat template, then generate."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         prompts = [
-            self.tokenizer.apply_chat_template(list(conv), add_generation_prompt=add_generation_prompt)
+            self.tokenizer.apply_chat_template(
+                list(conv), add_generation_prompt=add_generation_prompt
+            )
             for conv in conversations  # type: ignore[union-attr]
         ]
         return self.generate(prompts, sampling_params, use_tqdm)
@@ -92,7 +96,9 @@ def _as_prompt_list(prompts: PromptType | Sequence[PromptType]) -> list[PromptTy
     if isinstance(prompts, list | tuple) and prompts and all(isinstance(p, int) for p in prompts):
         return [list(prompts)]  # one prompt given as token ids
     if not isinstance(prompts, list | tuple):
-        raise ValueError(f"prompts must be a string, token ids or a list of them, got {type(prompts).__name__}")
+        raise ValueError(
+            f"prompts must be a string, token ids or a list of them, got {type(prompts).__name__}"
+        )
     if not prompts:
         raise ValueError("prompts must not be empty")
     return list(prompts)  # type: ignore[arg-type]

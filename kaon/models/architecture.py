@@ -1,4 +1,4 @@
-"""ArchitectureConfig: the shape of a Llama-family decoder, read from GGUF metadata or config.json."""
+"""ArchitectureConfig: the shape of a Llama-family decoder (from GGUF metadata or config.json)."""
 
 from __future__ import annotations
 

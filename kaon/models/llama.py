@@ -1,6 +1,7 @@
 """Llama-family decoder (Llama 2/3, SmolLM, Mistral, Qwen2) over a paged KV cache.
 
-    input_ids [T] -> embed_tokens -> 30 x (RMSNorm -> attention -> +res -> RMSNorm -> SwiGLU -> +res)
+    input_ids [T] -> embed_tokens
+                  -> N x (RMSNorm -> attention -> +res -> RMSNorm -> SwiGLU -> +res)
                   -> norm -> hidden [T, hidden_size];  compute_logits(hidden[rows]) -> [rows, vocab]
 
 T is the flattened token count of every request scheduled this step (decodes and prefill chunks
@@ -45,14 +46,18 @@ class LlamaAttention(nn.Module):
         self.key_cache: torch.Tensor | None = None
         self.value_cache: torch.Tensor | None = None
 
-    def forward(self, rope: tuple[torch.Tensor, torch.Tensor], hidden: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, rope: tuple[torch.Tensor, torch.Tensor], hidden: torch.Tensor
+    ) -> torch.Tensor:
         num_tokens = hidden.shape[0]
         qkv = F.linear(hidden, self.qkv_proj, self.qkv_bias)  # [T, q_size + 2 * kv_size]
         # Rotate queries and keys together: [T, num_heads + num_kv_heads, head_dim].
         query_key = qkv[:, : self.q_size + self.kv_size].view(num_tokens, -1, self.head_dim)
         query_key = apply_rotary(query_key, *rope)
         query, key = query_key.split([self.num_heads, self.num_kv_heads], dim=1)
-        value = qkv[:, self.q_size + self.kv_size :].view(num_tokens, self.num_kv_heads, self.head_dim)
+        value = qkv[:, self.q_size + self.kv_size :].view(
+            num_tokens, self.num_kv_heads, self.head_dim
+        )
         metadata = get_attention_metadata()
         assert self.key_cache is not None and self.value_cache is not None, "no KV cache"
         write_kv_cache(key, value, self.key_cache, self.value_cache, metadata.slot_mapping)
@@ -125,7 +130,9 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = (
             None
             if config.tie_word_embeddings
-            else nn.Parameter(torch.empty(config.vocab_size, config.hidden_size), requires_grad=False)
+            else nn.Parameter(
+                torch.empty(config.vocab_size, config.hidden_size), requires_grad=False
+            )
         )
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

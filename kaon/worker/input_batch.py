@@ -31,7 +31,9 @@ class InputBatch:
         cls, scheduled: list[ScheduledRequest], block_size: int, device: torch.device
     ) -> InputBatch:
         decodes = [r for r in scheduled if len(r.token_ids) == 1 and r.num_computed_tokens > 0]
-        prefills = [r for r in scheduled if not (len(r.token_ids) == 1 and r.num_computed_tokens > 0)]
+        prefills = [
+            r for r in scheduled if not (len(r.token_ids) == 1 and r.num_computed_tokens > 0)
+        ]
         requests = decodes + prefills
         input_ids: list[int] = []
         positions: list[int] = []
@@ -74,7 +76,10 @@ def _decode_tensors(
         return {"decode_block_tables": None, "decode_seq_lens": None, "decode_mask": None}
     seq_lens = [r.num_computed_tokens + 1 for r in decodes]
     max_blocks = max(-(-n // block_size) for n in seq_lens)
-    table = [r.block_ids[:max_blocks] + [0] * (max_blocks - len(r.block_ids[:max_blocks])) for r in decodes]
+    table = [
+        r.block_ids[:max_blocks] + [0] * (max_blocks - len(r.block_ids[:max_blocks]))
+        for r in decodes
+    ]
     seq_lens_tensor = torch.tensor(seq_lens, dtype=torch.int64, device=device)
     slots = torch.arange(max_blocks * block_size, device=device)
     mask = (slots.unsqueeze(0) < seq_lens_tensor.unsqueeze(1)).view(len(decodes), 1, 1, -1)
@@ -85,7 +90,9 @@ def _decode_tensors(
     }
 
 
-def _prefill_chunk(request: ScheduledRequest, query_start: int, device: torch.device) -> PrefillChunk:
+def _prefill_chunk(
+    request: ScheduledRequest, query_start: int, device: torch.device
+) -> PrefillChunk:
     num_context = request.num_computed_tokens
     query_len = len(request.token_ids)
     mask = None

@@ -55,6 +55,9 @@ def allocate_kv_cache(
     never hold NaN."""
     shape = (num_blocks, block_size, config.num_key_value_heads, config.head_dim)
     return [
-        (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+        (
+            torch.zeros(shape, dtype=dtype, device=device),
+            torch.zeros(shape, dtype=dtype, device=device),
+        )
         for _ in range(config.num_hidden_layers)
     ]

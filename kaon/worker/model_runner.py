@@ -58,9 +58,7 @@ class ModelRunner:
         self._update_states(scheduler_output)
         if scheduler_output.is_empty:
             return ModelRunnerOutput([], [])
-        batch = InputBatch.build(
-            scheduler_output.scheduled_requests, self.block_size, self.device
-        )
+        batch = InputBatch.build(scheduler_output.scheduled_requests, self.block_size, self.device)
         with forward_context(batch.attention):
             hidden = self.model(batch.input_ids, batch.positions)  # [num_tokens, hidden_size]
         output = ModelRunnerOutput([], [])
@@ -94,7 +92,10 @@ class ModelRunner:
             )
 
     def _sample_logprobs(
-        self, states: list[CachedRequestState], sampler_output: SamplerOutput, output: ModelRunnerOutput
+        self,
+        states: list[CachedRequestState],
+        sampler_output: SamplerOutput,
+        output: ModelRunnerOutput,
     ) -> None:
         assert sampler_output.logprob_token_ids is not None and sampler_output.logprobs is not None
         assert sampler_output.sampled_ranks is not None
@@ -128,13 +129,17 @@ class ModelRunner:
                 row0 = batch.query_start_loc[index]
                 logits = self.model.compute_logits(hidden[row0 : row0 + end - start])
                 targets = torch.tensor(
-                    state.prompt_token_ids[start + 1 : end + 1], dtype=torch.int64, device=self.device
+                    state.prompt_token_ids[start + 1 : end + 1],
+                    dtype=torch.int64,
+                    device=self.device,
                 )
                 ids, values, ranks = compute_prompt_logprobs(logits, targets, num_top)
                 for row_ids, row_values, rank in zip(
                     ids.tolist(), values.tolist(), ranks.tolist(), strict=True
                 ):
-                    state.prompt_logprobs.append(_position_logprobs(row_ids, row_values, rank, num_top))
+                    state.prompt_logprobs.append(
+                        _position_logprobs(row_ids, row_values, rank, num_top)
+                    )
             if scheduled.sample:
                 output.prompt_logprobs[state.request_id] = state.prompt_logprobs
 
@@ -144,7 +149,9 @@ def _position_logprobs(
 ) -> PositionLogprobs:
     """Column 0 is the chosen token; then the top ``num_top`` alternatives (rank 1, 2, ...)."""
     entry: PositionLogprobs = {ids[0]: Logprob(values[0], rank)}
-    for top_rank, (token_id, value) in enumerate(zip(ids[1 : 1 + num_top], values[1 : 1 + num_top], strict=True), start=1):
+    for top_rank, (token_id, value) in enumerate(
+        zip(ids[1 : 1 + num_top], values[1 : 1 + num_top], strict=True), start=1
+    ):
         if token_id not in entry:
             entry[token_id] = Logprob(value, top_rank)
     return entry

@@ -29,7 +29,9 @@ def build_sampling_metadata(
         top_p=_column([p.top_p for p in params], torch.float32, device) if any_top_p else None,
         min_p=_column([p.min_p for p in params], torch.float32, device) if any_min_p else None,
         generators={
-            row: s.generator for row, s in enumerate(states) if s.generator is not None and not greedy[row]
+            row: s.generator
+            for row, s in enumerate(states)
+            if s.generator is not None and not greedy[row]
         },
         output_token_counts=None,
         prompt_token_mask=None,
@@ -72,8 +74,12 @@ def _add_penalties(
             prompt_mask[row, state.prompt_token_ids] = True
     metadata.output_token_counts = counts
     metadata.prompt_token_mask = prompt_mask
-    metadata.presence_penalties = _column([p.presence_penalty for p in params], torch.float32, device)
-    metadata.frequency_penalties = _column([p.frequency_penalty for p in params], torch.float32, device)
+    metadata.presence_penalties = _column(
+        [p.presence_penalty for p in params], torch.float32, device
+    )
+    metadata.frequency_penalties = _column(
+        [p.frequency_penalty for p in params], torch.float32, device
+    )
     metadata.repetition_penalties = _column(
         [p.repetition_penalty for p in params], torch.float32, device
     )

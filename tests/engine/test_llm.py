@@ -13,7 +13,28 @@ GREEDY = SamplingParams(temperature=0, max_tokens=20)
 FRANCE = "The capital of France is"
 # Greedy continuation of FRANCE (20 tokens, float32), equal to transformers' on the same GGUF.
 FRANCE_TEXT = " Paris.\n\nThe answer is: 2018-01-22 "
-FRANCE_IDS = [7042, 30, 198, 198, 504, 2988, 314, 42, 216, 34, 32, 33, 40, 29, 32, 33, 29, 34, 34, 216]
+FRANCE_IDS = [
+    7042,
+    30,
+    198,
+    198,
+    504,
+    2988,
+    314,
+    42,
+    216,
+    34,
+    32,
+    33,
+    40,
+    29,
+    32,
+    33,
+    29,
+    34,
+    34,
+    216,
+]
 
 
 def test_greedy_text_and_token_ids(llm):
@@ -123,7 +144,9 @@ def test_logprobs_are_consistent(llm):
     reference = torch.log_softmax(kaon_logits(llm, prompt_ids), dim=-1)
     for position in range(1, len(prompt_ids)):
         entry = output.prompt_logprobs[position][prompt_ids[position]]
-        assert entry.logprob == pytest.approx(reference[position - 1, prompt_ids[position]].item(), abs=1e-4)
+        assert entry.logprob == pytest.approx(
+            reference[position - 1, prompt_ids[position]].item(), abs=1e-4
+        )
     assert_all_blocks_free(llm)
 
 
@@ -134,7 +157,9 @@ def test_n_completions(llm):
     assert len({tuple(c.token_ids) for c in output.outputs}) == 3
     (again,) = llm.generate(FRANCE, params, use_tqdm=False)
     assert [c.token_ids for c in again.outputs] == [c.token_ids for c in output.outputs]
-    (greedy,) = llm.generate(FRANCE, SamplingParams(n=2, temperature=0, max_tokens=20), use_tqdm=False)
+    (greedy,) = llm.generate(
+        FRANCE, SamplingParams(n=2, temperature=0, max_tokens=20), use_tqdm=False
+    )
     assert [c.token_ids for c in greedy.outputs] == [FRANCE_IDS, FRANCE_IDS]
     assert_all_blocks_free(llm)
 
@@ -143,7 +168,9 @@ def test_penalties_and_logit_bias_change_the_output(llm):
     messages = [{"role": "user", "content": "Write a haiku about the sea"}]
     plain = llm.chat(messages, SamplingParams(temperature=0, max_tokens=40), use_tqdm=False)
     penalized = llm.chat(
-        messages, SamplingParams(temperature=0, max_tokens=40, repetition_penalty=1.5), use_tqdm=False
+        messages,
+        SamplingParams(temperature=0, max_tokens=40, repetition_penalty=1.5),
+        use_tqdm=False,
     )
     plain_ids, penalized_ids = plain[0].outputs[0].token_ids, penalized[0].outputs[0].token_ids
     assert len(set(penalized_ids)) / len(penalized_ids) > len(set(plain_ids)) / len(plain_ids)
@@ -175,7 +202,9 @@ def test_bad_input_raises_value_error_and_other_requests_continue(llm, prompt, p
     engine.add_request("in-flight", FRANCE, GREEDY)
     engine.step()
     with pytest.raises(ValueError, match=field):
-        llm.generate([FRANCE, prompt], SamplingParams(**params) if params else GREEDY, use_tqdm=False)
+        llm.generate(
+            [FRANCE, prompt], SamplingParams(**params) if params else GREEDY, use_tqdm=False
+        )
     final = None
     while engine.has_unfinished_requests():
         for output in engine.step():

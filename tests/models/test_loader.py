@@ -16,7 +16,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory, default_gguf_path, smollm2_tokenizer):
-    """The default model written as a Hugging Face directory (config.json, safetensors, tokenizer)."""
+    """The default model as a Hugging Face directory (config.json, safetensors, tokenizer)."""
     from safetensors.torch import save_file
 
     directory = tmp_path_factory.mktemp("smollm2-hf")

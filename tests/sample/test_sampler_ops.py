@@ -34,9 +34,11 @@ def test_penalties_follow_openai_and_ctrl():
     counts = torch.tensor([[2, 0, 1, 0]])
     out = ops.apply_penalties(
         logits, prompt_mask, counts,
-        presence=torch.tensor([0.5]), frequency=torch.tensor([0.25]), repetition=torch.tensor([2.0]),
+        presence=torch.tensor([0.5]), frequency=torch.tensor([0.25]),
+        repetition=torch.tensor([2.0]),
     )  # fmt: skip
-    # token 0: 2/2 - 0.25*2 - 0.5 = 0; token 1 (prompt): -2*2 = -4; token 2: 1/2 - 0.25 - 0.5 = -0.25
+    # token 0: 2/2 - 0.25*2 - 0.5 = 0; token 1 (prompt): -2*2 = -4;
+    # token 2: 1/2 - 0.25 - 0.5 = -0.25
     assert out.tolist() == [[0.0, -4.0, -0.25, 0.5]]
 
 

@@ -1,4 +1,4 @@
-"""Model loading: a .gguf file or a Hugging Face directory -> (model, tokenizer, generation defaults)."""
+"""Model loading: a .gguf file or a Hugging Face directory -> model, tokenizer, defaults."""
 
 from kaon.models.loader.loader import LoadedModel, load_model
 

@@ -121,7 +121,8 @@ def _build(
             shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:])
             if own[param_name].shape != shape:
                 raise ValueError(
-                    f"tensor {param_name} has shape {shape}, expected {tuple(own[param_name].shape)}"
+                    f"tensor {param_name} has shape {shape}, "
+                    f"expected {tuple(own[param_name].shape)}"
                 )
             torch.cat(parts, dim=0, out=own[param_name])  # fused weights written once
     return model.eval()
