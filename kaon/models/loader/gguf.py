@@ -2,10 +2,10 @@
 
 Format: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md. Tensor names map as
 
-    token_embd  -> embed_tokens       blk.N.attn_{q,k,v,output}  -> layers.N.self_attn.{q,k,v,o}_proj
-    output      -> lm_head            blk.N.ffn_{gate,up,down}   -> layers.N.mlp.{gate,up,down}_proj
-    output_norm -> norm               blk.N.attn_norm, ffn_norm  -> layers.N.input_layernorm,
-                                                                    post_attention_layernorm
+    token_embd  -> embed_tokens      blk.N.attn_{q,k,v,output}  -> layers.N.self_attn.{q,k,v,o}_proj
+    output      -> lm_head           blk.N.ffn_{gate,up,down}   -> layers.N.mlp.{gate,up,down}_proj
+    output_norm -> norm              blk.N.attn_norm, ffn_norm  -> layers.N.input_layernorm,
+                                                                   post_attention_layernorm
 
 llama.cpp's converter permutes the rows of Llama's q/k weights so that the two features rotated
 together by RoPE are adjacent (Meta's original interleaved layout). We undo that permutation to get
