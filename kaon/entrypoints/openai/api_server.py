@@ -1,0 +1,281 @@
+"""The OpenAI-compatible HTTP server: app factory, routes and ``run_server`` (``kaon serve``).
+
+    uvicorn --> [HTTPMetricsMiddleware] --> [APIKeyMiddleware] --> FastAPI routes
+                                                                   |  parse_body (pydantic, 400)
+                                                                   v
+                                                   OpenAIServingCompletion / OpenAIServingChat
+                                                                   |  AsyncLLM (engine thread)
+
+SIGTERM: uvicorn stops accepting connections and waits up to ``--shutdown-timeout`` seconds for
+in-flight requests; then the lifespan hook aborts what is left and stops the engine thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kaon import __version__
+from kaon.config import options_from_cli
+from kaon.engine.async_llm import AsyncLLM
+from kaon.engine.llm_engine import LLMEngine
+from kaon.entrypoints.openai import serving_tokenization
+from kaon.entrypoints.openai.cli_args import validate_server_args
+from kaon.entrypoints.openai.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+)
+from kaon.entrypoints.openai.serving_chat import OpenAIServingChat
+from kaon.entrypoints.openai.serving_common import (
+    ClientDisconnected,
+    OpenAIError,
+    ServingContext,
+    now,
+    parse_body,
+)
+from kaon.entrypoints.openai.serving_completion import OpenAIServingCompletion
+from kaon.metrics import CONTENT_TYPE, PrometheusStatLogger
+
+logger = logging.getLogger("kaon")
+
+_PROTECTED_PREFIXES = ("/v1/", "/tokenize", "/detokenize", "/tokenizer_info")
+_ROUTES = (
+    "/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/version", "/metrics",
+    "/tokenize", "/detokenize", "/tokenizer_info",
+)  # fmt: skip
+# Generation defaults a model's generation_config.json may set (vLLM applies the same ones).
+_DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def build_app(
+    async_llm: AsyncLLM,
+    served_model_names: list[str],
+    api_key: str | None = None,
+    stat_logger: PrometheusStatLogger | None = None,
+) -> FastAPI:
+    """The FastAPI app serving ``async_llm``; starts and stops its engine thread (lifespan)."""
+    defaults = async_llm.engine.generation_defaults or {}
+    context = ServingContext(
+        async_llm, served_model_names, {k: defaults[k] for k in _DEFAULT_KEYS if k in defaults}
+    )
+    completions, chat = OpenAIServingCompletion(context), OpenAIServingChat(context)
+    stat_logger = stat_logger or PrometheusStatLogger(served_model_names[0])
+    if async_llm.stat_logger is None:
+        async_llm.stat_logger = stat_logger
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async_llm.start()
+        logger.info("serving %s", ", ".join(served_model_names))
+        yield
+        await async_llm.shutdown()
+
+    app = FastAPI(title="kaon", version=__version__, lifespan=lifespan)
+    _add_error_handlers(app)
+
+    @app.post("/v1/completions")
+    async def create_completion(raw_request: Request) -> Response:
+        request = parse_body(CompletionRequest, await raw_request.body())
+        return await completions.create(request, raw_request)
+
+    @app.post("/v1/chat/completions")
+    async def create_chat_completion(raw_request: Request) -> Response:
+        request = parse_body(ChatCompletionRequest, await raw_request.body())
+        return await chat.create(request, raw_request)
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [_model_card(context, n) for n in served_model_names]}
+
+    @app.get("/v1/models/{model:path}")
+    async def retrieve_model(model: str) -> dict[str, Any]:
+        context.check_model(model)
+        return _model_card(context, model)
+
+    @app.post("/tokenize")
+    async def tokenize(raw_request: Request) -> dict[str, Any]:
+        request = parse_body(TokenizeRequest, await raw_request.body())
+        return serving_tokenization.tokenize(context, request)
+
+    @app.post("/detokenize")
+    async def detokenize(raw_request: Request) -> dict[str, Any]:
+        request = parse_body(DetokenizeRequest, await raw_request.body())
+        return serving_tokenization.detokenize(context, request)
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info() -> dict[str, Any]:
+        return serving_tokenization.tokenizer_info(context)
+
+    @app.get("/health")
+    async def health() -> Response:
+        if not async_llm.is_running:
+            reason = async_llm.dead_reason or "the engine is not running"
+            return OpenAIError(503, reason, "service_unavailable").response()
+        return Response(status_code=200)
+
+    @app.get("/version")
+    async def version() -> dict[str, str]:
+        return {"version": __version__}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(stat_logger.render(), media_type=CONTENT_TYPE)
+
+    if api_key is not None:
+        app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    app.add_middleware(HTTPMetricsMiddleware, stat_logger=stat_logger)
+    return app
+
+
+def _model_card(context: ServingContext, name: str) -> dict[str, Any]:
+    engine = context.async_llm.engine
+    return {
+        "id": name, "object": "model", "created": now(), "owned_by": "kaon",
+        "root": engine.model_path, "parent": None, "max_model_len": context.max_model_len,
+    }  # fmt: skip
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as OpenAI's envelope; FastAPI's 422 becomes 400."""
+
+    @app.exception_handler(OpenAIError)
+    async def openai_error(_: Request, error: OpenAIError) -> JSONResponse:
+        return error.response()
+
+    @app.exception_handler(ClientDisconnected)
+    async def disconnected(_: Request, __: ClientDisconnected) -> Response:
+        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(p) for p in first["loc"][1:]) or None
+        return OpenAIError(400, f"{param}: {first['msg']}", param=param).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code)
+        return OpenAIError(error.status_code, str(error.detail), code=code).response()
+
+    @app.exception_handler(Exception)
+    async def internal(_: Request, error: Exception) -> JSONResponse:
+        logger.exception("unhandled error in a request")
+        message = f"internal error: {type(error).__name__}"
+        return OpenAIError(500, message, "internal_error", code="internal_error").response()
+
+
+class APIKeyMiddleware:
+    """401 with the envelope unless ``Authorization: Bearer <api_key>`` (constant-time check);
+    /health, /version and /metrics stay open for probes and scrapers."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(_PROTECTED_PREFIXES):
+            header = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(header, self.expected):
+                error = OpenAIError(
+                    401, "Incorrect or missing API key; send 'Authorization: Bearer <key>'",
+                    code="invalid_api_key",
+                )  # fmt: skip
+                await error.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class HTTPMetricsMiddleware:
+    """Counts responses by route and status code (kaon:http_requests_total)."""
+
+    def __init__(self, app: ASGIApp, stat_logger: PrometheusStatLogger) -> None:
+        self.app = app
+        self.stat_logger = stat_logger
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            path = scope["path"]
+            route = "/v1/models" if path.startswith("/v1/models/") else path
+            self.stat_logger.record_http(route if route in _ROUTES else "other", status)
+
+
+def run_server(args: argparse.Namespace) -> int:
+    """``kaon serve``: load the engine, then serve until SIGTERM / Ctrl-C. Returns the exit code.
+
+    Raises:
+        ValueError: naming a bad engine or server option (the CLI prints it and exits 2).
+        FileNotFoundError: the model path does not exist.
+    """
+    validate_server_args(args)
+    options = options_from_cli(args)
+    if args.model_tag is not None:
+        if options.get("model") not in (None, args.model_tag):
+            raise ValueError("model: given both as MODEL and --model with different values")
+        options["model"] = args.model_tag
+    engine = LLMEngine.from_options(**options)
+    names = args.served_model_name or [engine.model_name]
+    stat_logger = PrometheusStatLogger(names[0])
+    async_llm = AsyncLLM(engine, args.max_waiting_requests, stat_logger)
+    app = build_app(async_llm, names, args.api_key, stat_logger)
+    log_level = (args.log_level or logging.getLevelName(logger.getEffectiveLevel())).lower()
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_level=log_level, log_config=None,
+        access_log=args.access_log, timeout_graceful_shutdown=args.shutdown_timeout,
+    )  # fmt: skip
+    # uvicorn re-raises the SIGTERM it handled once it has shut down; with the default handler
+    # that kills the process (exit -15). A no-op handler makes a graceful stop exit 0 instead.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    logger.info("server stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m kaon.entrypoints.openai.api_server``: the same server without the kaon CLI."""
+    from kaon import envs
+    from kaon.config import add_cli_args
+    from kaon.entrypoints.openai.cli_args import add_server_args
+
+    parser = argparse.ArgumentParser(description="kaon OpenAI-compatible server")
+    add_cli_args(parser)
+    add_server_args(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level or envs.log_level(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return run_server(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
