@@ -137,14 +137,18 @@ class LLMEngine:
         child_ids = self.output_processor.add_request(
             request_id, prompt_text, prompt_token_ids, sampling_params, arrival, queue
         )
-        for index, child_id in enumerate(child_ids):
-            params = sampling_params
-            if sampling_params.n > 1 and sampling_params.seed is not None:
-                params = sampling_params.clone()
-                params.seed = sampling_params.seed + index  # distinct but reproducible completions
-            request = Request(child_id, prompt_token_ids, params, self.eos_token_ids, arrival,
-                              max_tokens=max_tokens)  # fmt: skip
-            self.scheduler.add_request(request)
+        try:
+            for index, child_id in enumerate(child_ids):
+                params = sampling_params
+                if sampling_params.n > 1 and sampling_params.seed is not None:
+                    params = sampling_params.clone()
+                    params.seed = sampling_params.seed + index  # distinct, reproducible
+                request = Request(child_id, prompt_token_ids, params, self.eos_token_ids,
+                                  arrival, max_tokens=max_tokens)  # fmt: skip
+                self.scheduler.add_request(request)
+        except ValueError:
+            self.abort_request([request_id])  # undo the children already queued
+            raise
 
     def abort_request(self, request_ids: list[str]) -> list[RequestOutput]:
         """End user requests now (finish_reason "abort"); their KV blocks return to the pool."""
