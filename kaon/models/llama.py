@@ -17,6 +17,7 @@ from torch import nn
 
 from kaon.attention.metadata import get_attention_metadata
 from kaon.attention.torch_backend import paged_attention, write_kv_cache
+from kaon.layers.linear import linear, transpose_for_inference
 from kaon.layers.norm import RMSNorm
 from kaon.layers.rotary import RotaryEmbedding, apply_rotary
 from kaon.models.architecture import ArchitectureConfig
@@ -50,7 +51,7 @@ class LlamaAttention(nn.Module):
         self, rope: tuple[torch.Tensor, torch.Tensor], hidden: torch.Tensor
     ) -> torch.Tensor:
         num_tokens = hidden.shape[0]
-        qkv = F.linear(hidden, self.qkv_proj, self.qkv_bias)  # [T, q_size + 2 * kv_size]
+        qkv = linear(hidden, self.qkv_proj, self.qkv_bias)  # [T, q_size + 2 * kv_size]
         # Rotate queries and keys together: [T, num_heads + num_kv_heads, head_dim].
         query_key = qkv[:, : self.q_size + self.kv_size].view(num_tokens, -1, self.head_dim)
         query_key = apply_rotary(query_key, *rope)
@@ -64,7 +65,7 @@ class LlamaAttention(nn.Module):
         attn = paged_attention(
             query, key, value, self.key_cache, self.value_cache, metadata, self.scale
         )  # [T, q_size]
-        return F.linear(attn, self.o_proj)
+        return linear(attn, self.o_proj)
 
 
 class LlamaMLP(nn.Module):
@@ -77,9 +78,9 @@ class LlamaMLP(nn.Module):
         self.down_proj = _weight(config.hidden_size, config.intermediate_size)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        gate_up = F.linear(hidden, self.gate_up_proj)  # [T, 2 * intermediate]
+        gate_up = linear(hidden, self.gate_up_proj)  # [T, 2 * intermediate]
         gate, up = gate_up.split(self.intermediate_size, dim=-1)
-        return F.linear(F.silu(gate) * up, self.down_proj)
+        return linear(F.silu(gate) * up, self.down_proj)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -149,6 +150,12 @@ class LlamaForCausalLM(nn.Module):
         """hidden [rows, hidden_size] -> logits [rows, vocab_size] in float32."""
         lm_head = self.embed_tokens if self.lm_head is None else self.lm_head
         return F.linear(hidden, lm_head).float()
+
+    def prepare_for_inference(self) -> None:
+        """Called once after the weights are loaded: store linear weights as [in, out]."""
+        for layer in self.layers:
+            transpose_for_inference(layer.self_attn, ("qkv_proj", "o_proj"))
+            transpose_for_inference(layer.mlp, ("gate_up_proj", "down_proj"))
 
     def kv_caches(self) -> list[LlamaAttention]:
         return [layer.self_attn for layer in self.layers]

@@ -125,6 +125,7 @@ def _build(
                     f"expected {tuple(own[param_name].shape)}"
                 )
             torch.cat(parts, dim=0, out=own[param_name])  # fused weights written once
+    model.prepare_for_inference()
     return model.eval()
 
 
