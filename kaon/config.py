@@ -37,7 +37,7 @@ class CacheConfig:
 
     block_size: int = _opt(16, "tokens per KV cache block")
     kv_cache_memory_bytes: int | None = _opt(
-        None, "KV cache size in bytes (overrides --kv-cache-memory-fraction)"
+        None, "KV cache size in bytes, e.g. 500M or 2G (overrides --kv-cache-memory-fraction)"
     )
     kv_cache_memory_fraction: float = _opt(
         0.1, "fraction of free device memory (RAM on CPU) for the KV cache when no byte size is set"
@@ -128,24 +128,43 @@ def option_names() -> list[str]:
     return [f.name for section in _SECTIONS for f in dataclasses.fields(section)]
 
 
+def parse_bytes(text: str) -> int:
+    """A byte count: ``500000000``, ``500M``, ``2G``, ``2GiB`` (K/M/G are powers of 1024).
+
+    Raises:
+        argparse.ArgumentTypeError: for anything else (argparse turns it into a usage error).
+    """
+    units = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = value[-1:] if value[-1:] in units else ""
+    try:
+        number = float(value[: len(value) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a byte size: {text!r} (e.g. 500M, 2G)") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"byte size must be positive, got {text!r}")
+    return int(number * units[unit])
+
+
+_CLI_TYPES = {"int": int, "float": float, "str": str}
+_CLI_ALIASES = {"kv_cache_memory_bytes": ("--kv-cache-memory",)}
+
+
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
     """Add one ``--flag-name`` per engine option (booleans get ``--no-flag`` too)."""
     group = parser.add_argument_group("engine options")
     for section in _SECTIONS:
         for f in dataclasses.fields(section):
-            flag = "--" + f.name.replace("_", "-")
+            flags = ["--" + f.name.replace("_", "-"), *_CLI_ALIASES.get(f.name, ())]
             help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
-            if f.type in ("bool",):
+            if f.type == "bool":
                 group.add_argument(
-                    flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
+                    *flags, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
                 )
                 continue
-            kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0])
-            if "int" in str(f.type) and "None" in str(f.type):
-                kind = int
-            if "float" in str(f.type):
-                kind = float
-            group.add_argument(flag, type=kind or str, default=f.default, help=help_text)
+            base_type = str(f.type).split(" | ")[0]
+            kind = parse_bytes if f.name.endswith("_bytes") else _CLI_TYPES[base_type]
+            group.add_argument(*flags, type=kind, default=f.default, help=help_text)
 
 
 def options_from_cli(namespace: argparse.Namespace) -> dict[str, Any]:

@@ -34,6 +34,19 @@ class LLM:
     def tokenizer(self):
         return self.engine.tokenizer
 
+    def get_default_sampling_params(self) -> SamplingParams:
+        """SamplingParams used when none are given: the model's generation_config.json
+        (temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens) over kaon's
+        defaults, as vLLM does."""
+        defaults = self.engine.generation_defaults
+        names = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+        options = {name: defaults[name] for name in names if name in defaults}
+        if "max_new_tokens" in defaults:
+            options["max_tokens"] = defaults["max_new_tokens"]
+        if defaults.get("do_sample") is False:
+            options["temperature"] = 0.0
+        return SamplingParams(**options)
+
     def generate(
         self,
         prompts: PromptType | Sequence[PromptType],
@@ -46,6 +59,8 @@ class LLM:
             ValueError: for a bad prompt or sampling parameter; nothing is queued in that case.
         """
         prompt_list = _as_prompt_list(prompts)
+        if sampling_params is None:
+            sampling_params = self.get_default_sampling_params()
         params_list = _as_params_list(sampling_params, len(prompt_list))
         request_ids = [str(next(self._counter)) for _ in prompt_list]
         try:
@@ -105,10 +120,8 @@ def _as_prompt_list(prompts: PromptType | Sequence[PromptType]) -> list[PromptTy
 
 
 def _as_params_list(
-    sampling_params: SamplingParams | Sequence[SamplingParams] | None, count: int
+    sampling_params: SamplingParams | Sequence[SamplingParams], count: int
 ) -> list[SamplingParams]:
-    if sampling_params is None:
-        return [SamplingParams() for _ in range(count)]
     if isinstance(sampling_params, SamplingParams):
         return [sampling_params] * count
     params = list(sampling_params)

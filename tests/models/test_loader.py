@@ -50,7 +50,8 @@ def hf_dir(tmp_path_factory, default_gguf_path, smollm2_tokenizer):
         "chat_template": smollm2_tokenizer.chat_template,
     }
     (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
-    (directory / "generation_config.json").write_text(json.dumps({"eos_token_id": [2]}))
+    generation_config = {"eos_token_id": [2], "temperature": 0.0, "max_new_tokens": 7}
+    (directory / "generation_config.json").write_text(json.dumps(generation_config))
     return directory
 
 
@@ -63,6 +64,11 @@ def test_hf_directory_generates_what_the_gguf_does(hf_dir, llm):
     reference = llm.chat(messages, params, use_tqdm=False)[0].outputs[0]
     assert ours.token_ids == reference.token_ids and ours.text == reference.text
     assert 2 in from_dir.engine.eos_token_ids
+    # generation_config.json supplies the defaults when no SamplingParams are given.
+    defaults = from_dir.get_default_sampling_params()
+    assert (defaults.temperature, defaults.max_tokens) == (0.0, 7)
+    (output,) = from_dir.chat(messages, use_tqdm=False)
+    assert output.outputs[0].token_ids == reference.token_ids[:7]
 
 
 def test_missing_path():
