@@ -44,8 +44,8 @@ def _sampling_params(args: argparse.Namespace):
 def _cmd_generate(args: argparse.Namespace) -> int:
     from kaon.entrypoints.llm import LLM
 
+    params = _sampling_params(args)  # bad sampling flags fail before the model loads
     llm = LLM(**options_from_cli(args))
-    params = _sampling_params(args)
     if args.chat_template:
         conversations = [[{"role": "user", "content": prompt}] for prompt in args.prompts]
         outputs = llm.chat(conversations, params, use_tqdm=len(args.prompts) > 1)
