@@ -156,7 +156,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     for section in _SECTIONS:
         for f in dataclasses.fields(section):
             flags = ["--" + f.name.replace("_", "-"), *_CLI_ALIASES.get(f.name, ())]
-            help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+            help_text = f.metadata.get("help", "")
+            if "default" not in help_text:
+                help_text += f" (default: {f.default})"
             if f.type == "bool":
                 group.add_argument(
                     *flags, action=argparse.BooleanOptionalAction, default=f.default, help=help_text

@@ -16,6 +16,7 @@ import argparse
 import hmac
 import logging
 import signal
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -226,6 +227,17 @@ class HTTPMetricsMiddleware:
             self.stat_logger.record_http(route if route in _ROUTES else "other", status)
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Raises ValueError naming ``port`` when host:port cannot be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise ValueError(f"port: cannot listen on {host}:{port}: {error.strerror}") from None
+
+
 def run_server(args: argparse.Namespace) -> int:
     """``kaon serve``: load the engine, then serve until SIGTERM / Ctrl-C. Returns the exit code.
 
@@ -239,6 +251,7 @@ def run_server(args: argparse.Namespace) -> int:
         if options.get("model") not in (None, args.model_tag):
             raise ValueError("model: given both as MODEL and --model with different values")
         options["model"] = args.model_tag
+    _check_port_free(args.host, args.port)  # fail in a second, not after the model loads
     engine = LLMEngine.from_options(**options)
     names = args.served_model_name or [engine.model_name]
     stat_logger = PrometheusStatLogger(names[0])

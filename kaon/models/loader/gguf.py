@@ -48,7 +48,9 @@ def open_gguf(path: str | Path):  # -> gguf.GGUFReader
     try:
         return gguf.GGUFReader(str(path))
     except Exception as error:  # the reader raises ValueError, struct/IndexError on corrupt files
-        raise ValueError(f"{path} is not a valid GGUF file: {error}") from error
+        raise ValueError(
+            f"{path} is not a valid GGUF file (truncated, or not GGUF at all): {error}"
+        ) from error
 
 
 def read_metadata(reader) -> dict[str, object]:
