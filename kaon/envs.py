@@ -17,3 +17,8 @@ def cache_dir() -> Path:
 def log_level() -> str:
     """KAON_LOG_LEVEL (default INFO)."""
     return os.environ.get("KAON_LOG_LEVEL", "INFO").upper()
+
+
+def disable_cpp_attention() -> bool:
+    """KAON_DISABLE_CPP_ATTENTION=1 keeps CPU decode attention on the plain torch path."""
+    return os.environ.get("KAON_DISABLE_CPP_ATTENTION", "0").strip().lower() in ("1", "true", "yes")

@@ -7,16 +7,21 @@ KV cache layout per layer (one tensor each for K and V):
 
 New keys/values are first written at ``slot_mapping``; attention then reads each request's
 context through its block table. Decodes are batched in one padded call (a mask hides slots past
-each request's length); prefill chunks run one request at a time with a causal mask that is offset
-by the tokens already cached. Grouped-query attention (Ainslie et al. 2023) maps query head ``h`` to
-KV head ``h // (num_heads // num_kv_heads)``, as Hugging Face's ``repeat_kv`` does.
+each request's length); float32 CPU decodes instead use the gather-free C++ kernel of
+``cpu_decode`` when it builds, with ``_decode_attention`` as its reference. Prefill chunks run one
+request at a time with a causal mask that is offset by the tokens already cached. Grouped-query
+attention (Ainslie et al. 2023) maps query head ``h`` to KV head ``h // (num_heads //
+num_kv_heads)``, as Hugging Face's ``repeat_kv`` does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
+from kaon.attention import cpu_decode
 from kaon.attention.metadata import AttentionMetadata
 
 
@@ -55,9 +60,15 @@ def paged_attention(
     output = torch.empty(num_tokens, num_heads, head_dim, dtype=query.dtype, device=query.device)
     num_decodes = metadata.num_decode_tokens
     if num_decodes:
-        output[:num_decodes] = _decode_attention(
-            query[:num_decodes], key_cache, value_cache, metadata, scale
-        )
+        decode_query = query[:num_decodes]
+        kernel = _cpu_decode_kernel(decode_query, key_cache)
+        if kernel is not None:  # writes its rows of ``output`` in place
+            block_tables, seq_lens = metadata.decode_block_tables, metadata.decode_seq_lens
+            kernel(output, decode_query, key_cache, value_cache, block_tables, seq_lens, scale)
+        else:
+            output[:num_decodes] = _decode_attention(
+                decode_query, key_cache, value_cache, metadata, scale
+            )
     for chunk in metadata.prefills:
         rows = slice(chunk.query_start, chunk.query_start + chunk.query_len)
         if chunk.mask is None:  # no cached context: the chunk's own K/V, causal
@@ -67,6 +78,13 @@ def paged_attention(
             chunk_value = _gather(value_cache, chunk.block_ids, chunk.seq_len)
         output[rows] = _prefill_attention(query[rows], chunk_key, chunk_value, chunk.mask, scale)
     return output.view(num_tokens, num_heads * head_dim)
+
+
+def _cpu_decode_kernel(query: torch.Tensor, key_cache: torch.Tensor) -> Callable[..., None] | None:
+    """The C++ decode kernel when it applies to these tensors and builds here, else None."""
+    if not cpu_decode.supports(query, key_cache):
+        return None
+    return cpu_decode.load_kernel()
 
 
 def _gather(cache: torch.Tensor, block_ids: torch.Tensor, seq_len: int) -> torch.Tensor:
