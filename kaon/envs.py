@@ -22,3 +22,10 @@ def log_level() -> str:
 def disable_cpp_attention() -> bool:
     """KAON_DISABLE_CPP_ATTENTION=1 keeps CPU decode attention on the plain torch path."""
     return os.environ.get("KAON_DISABLE_CPP_ATTENTION", "0").strip().lower() in ("1", "true", "yes")
+
+
+def prepend_to_path(directory: str) -> None:
+    """Put ``directory`` first on PATH (once), e.g. the venv's bin so its ninja is found."""
+    path = os.environ.get("PATH", "")
+    if directory not in path.split(os.pathsep):
+        os.environ["PATH"] = directory + os.pathsep + path if path else directory

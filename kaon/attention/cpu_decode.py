@@ -20,6 +20,8 @@ compare against.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 from collections.abc import Callable
 
@@ -128,6 +130,8 @@ def _arch_flags() -> tuple[str, list[str]]:
 def _build() -> Callable[..., None]:
     from torch.utils.cpp_extension import load_inline
 
+    # The ninja that pip installed beside this interpreter, even when the venv is not activated.
+    envs.prepend_to_path(os.path.dirname(sys.executable))
     suffix, flags = _arch_flags()
     module = load_inline(
         name=f"kaon_cpu_decode_attention_{suffix}",
