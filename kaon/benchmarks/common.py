@@ -276,3 +276,14 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or not denominator:
         return None
     return numerator / denominator
+
+
+def settings(args, model_path: str, names: tuple[str, ...]) -> dict:
+    """The run's settings for --output-json: the model, the named CLI options, engine options."""
+    from kaon.config import options_from_cli
+
+    return {
+        "model_path": model_path,
+        **{name: getattr(args, name) for name in names},
+        "engine_options": options_from_cli(args),
+    }

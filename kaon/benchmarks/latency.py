@@ -24,6 +24,7 @@ from kaon.benchmarks.common import (
     request_figures,
     reset_peak_rss,
     run_requests,
+    settings,
     summarize,
     write_json,
 )
@@ -87,7 +88,7 @@ def run_latency(args: argparse.Namespace) -> int:
     floor = _floor(weight_bytes(engine.executor.model_runner.model), args.bandwidth_mib, kaon)
     result = {
         "benchmark": "latency",
-        "settings": _settings(args, model_path),
+        "settings": settings(args, model_path, _SETTINGS),
         "machine": machine_info(),
         "floor": floor,
         "kaon": kaon,
@@ -143,21 +144,15 @@ def _floor(num_weight_bytes: int, bandwidth_mib: int, kaon: dict[str, Any]) -> d
     }
 
 
-def _settings(args: argparse.Namespace, model_path: str) -> dict[str, Any]:
-    names = (
-        "input_len",
-        "output_len",
-        "num_iters",
-        "num_iters_warmup",
-        "seed",
-        "compare_hf",
-        "bandwidth_mib",
-    )
-    return {
-        "model_path": model_path,
-        **{name: getattr(args, name) for name in names},
-        "engine_options": options_from_cli(args),
-    }
+_SETTINGS = (
+    "input_len",
+    "output_len",
+    "num_iters",
+    "num_iters_warmup",
+    "seed",
+    "compare_hf",
+    "bandwidth_mib",
+)
 
 
 def _run_hf(

@@ -24,6 +24,7 @@ from kaon.benchmarks.common import (
     request_figures,
     reset_peak_rss,
     run_requests,
+    settings,
     summarize,
     write_json,
 )
@@ -101,7 +102,7 @@ def run_throughput(args: argparse.Namespace) -> int:
     kaon, kaon_token_ids = _run_kaon(llm.engine, prompts, args)
     result = {
         "benchmark": "throughput",
-        "settings": _settings(args, model_path),
+        "settings": settings(args, model_path, _SETTINGS),
         "machine": machine_info(),
         "kaon": kaon,
     }
@@ -152,21 +153,15 @@ def _run_kaon(
     return figures, [output.outputs[0].token_ids for output in run.outputs]
 
 
-def _settings(args: argparse.Namespace, model_path: str) -> dict[str, Any]:
-    names = (
-        "num_prompts",
-        "input_len",
-        "output_len",
-        "dataset",
-        "seed",
-        "compare_hf",
-        "hf_batch_size",
-    )
-    return {
-        "model_path": model_path,
-        **{name: getattr(args, name) for name in names},
-        "engine_options": options_from_cli(args),
-    }
+_SETTINGS = (
+    "num_prompts",
+    "input_len",
+    "output_len",
+    "dataset",
+    "seed",
+    "compare_hf",
+    "hf_batch_size",
+)
 
 
 def _run_hf(
