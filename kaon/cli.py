@@ -1,4 +1,4 @@
-"""The ``kaon`` command: serve | generate | chat | bench.
+"""The ``kaon`` command: serve | generate | chat | bench | eval.
 
 Engine flags (``--max-num-seqs``, ``--kv-cache-memory-bytes``, ...) come from the config classes,
 so they are the same for every subcommand and match the Python options and vLLM's names.
@@ -103,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
         add_bench_commands(bench, add_cli_args)
     except ImportError:
         pass
+
+    evaluate = sub.add_parser("eval", help="accuracy: perplexity, generation (EM/F1), choice")
+    from kaon.eval.cli import add_eval_commands
+
+    add_eval_commands(evaluate, add_cli_args)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Accuracy evaluation: ``kaon eval perplexity | generate | choice``."""
