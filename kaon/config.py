@@ -56,9 +56,11 @@ class SchedulerConfig:
 
 @dataclass
 class ParallelConfig:
-    """Threads (and later, ranks)."""
+    """Threads, data-parallel replicas and tensor-parallel ranks."""
 
     num_threads: int | None = _opt(None, "torch intra-op threads on CPU (default: all cores)")
+    data_parallel_size: int = _opt(1, "engine replicas, each a process with its own weights and KV")
+    tensor_parallel_size: int = _opt(1, "ranks that shard each layer (torch.distributed)")
 
 
 @dataclass
@@ -114,6 +116,8 @@ class EngineConfig:
             raise ValueError(f"kv_cache_memory_fraction must be in (0, 1], got {fraction}")
         if self.parallel_config.num_threads is not None:
             _positive("num_threads", self.parallel_config.num_threads)
+        _positive("data_parallel_size", self.parallel_config.data_parallel_size)
+        _positive("tensor_parallel_size", self.parallel_config.tensor_parallel_size)
 
 
 def _positive(name: str, value: object) -> None:
