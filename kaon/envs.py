@@ -24,6 +24,11 @@ def disable_cpp_attention() -> bool:
     return os.environ.get("KAON_DISABLE_CPP_ATTENTION", "0").strip().lower() in ("1", "true", "yes")
 
 
+def disable_cpp_ops() -> bool:
+    """KAON_DISABLE_CPP_OPS=1 keeps RMSNorm, RoPE + KV write and SwiGLU on the torch path."""
+    return os.environ.get("KAON_DISABLE_CPP_OPS", "0").strip().lower() in ("1", "true", "yes")
+
+
 def prepend_to_path(directory: str) -> None:
     """Put ``directory`` first on PATH (once), e.g. the venv's bin so its ninja is found."""
     path = os.environ.get("PATH", "")

@@ -8,46 +8,25 @@ Two sources are supported:
 * a Hugging Face model directory (`Tokenizer.from_hf_dir`): tokenizer.json plus
   tokenizer_config.json / generation_config.json.
 
-Chat templates are rendered with jinja2 the way transformers does (`apply_chat_template`).
+Chat templates are rendered by `kaon.chat_template` (jinja2, the way transformers does).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
 import re
 from collections.abc import Iterable
-from datetime import datetime
 from typing import Any
 
-import jinja2
-import jinja2.ext
-import jinja2.sandbox
-from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers.models import BPE
+
+from kaon.chat_template import render_chat_template
+from kaon.tokenizer_gguf import LLAMA3_PRE_NAMES, build_gguf_hf_tokenizer
 
 logger = logging.getLogger(__name__)
 
-# llama.cpp token types (gguf.TokenType).
-_TOKEN_NORMAL, _TOKEN_UNKNOWN, _TOKEN_CONTROL, _TOKEN_USER_DEFINED, _TOKEN_BYTE = 1, 2, 3, 4, 6
-
-# Pre-tokenizer regexes, as adapted in llama.cpp's llama-vocab.cpp (no inline (?i:) groups).
-_LLAMA3_PATTERN = (
-    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
-    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_QWEN2_PATTERN = (
-    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
-    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-# `tokenizer.ggml.pre` names grouped by the llama.cpp pre-tokenizer type they select.
-_PRE_GPT2 = {"default", "gpt-2", "gpt2", "phi-2", "mpt", "olmo", "jais", "roberta-bpe", "poro-chat"}
-_PRE_DIGITS_GPT2 = {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone"}
-_PRE_LLAMA3 = {"llama3", "llama-v3", "llama-bpe", "falcon3", "dbrx", "smaug-bpe", "pixtral"}
-_PRE_QWEN2 = {"qwen2", "deepseek-r1-qwen", "megrez", "stablelm2"}
 # End-of-generation tokens llama.cpp recognises by text (llama-vocab.cpp, special_eog_ids).
 _EOG_TOKENS = (
     "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|endoftext|>", "<|end|>",
@@ -82,104 +61,6 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 _BYTE_DECODER = {ch: b for b, ch in _bytes_to_unicode().items()}
-
-
-def _gpt2_pre_tokenizer(pre: str) -> tuple[pre_tokenizers.PreTokenizer, bool]:
-    """Pre-tokenizer for `tokenizer.ggml.pre`, and whether whole-word vocab hits skip merges."""
-    if pre in _PRE_DIGITS_GPT2:
-        digits = pre_tokenizers.Digits(individual_digits=True)
-        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-        return pre_tokenizers.Sequence([digits, byte_level]), False
-    pattern = {
-        **dict.fromkeys(_PRE_LLAMA3, _LLAMA3_PATTERN),
-        **dict.fromkeys(_PRE_QWEN2, _QWEN2_PATTERN),
-    }
-    if pre in pattern:
-        split = pre_tokenizers.Split(Regex(pattern[pre]), behavior="isolated", invert=False)
-        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-        return pre_tokenizers.Sequence([split, byte_level]), pre in _PRE_LLAMA3
-    if pre not in _PRE_GPT2:
-        logger.warning("tokenizer.ggml.pre=%r is not known; using the GPT-2 regex", pre)
-    return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True), False
-
-
-def _spm_merges(tokens: list[str], scores: list[float], types: list[int]) -> list[tuple[str, str]]:
-    """BPE merges that replay SentencePiece's highest-score-first bigram merging.
-
-    Every piece `l + r` in the vocab yields a merge (l, r) ranked by the piece's score, as in
-    transformers' SentencePieceExtractor.
-    """
-    vocab = {tok: i for i, tok in reversed(list(enumerate(tokens)))}
-    ranked: list[tuple[float, int, int, str, str]] = []
-    for i, piece in enumerate(tokens):
-        if types[i] in (_TOKEN_CONTROL, _TOKEN_BYTE, _TOKEN_UNKNOWN):
-            continue
-        for cut in range(1, len(piece)):
-            left, right = piece[:cut], piece[cut:]
-            if left in vocab and right in vocab:
-                ranked.append((-scores[i], vocab[left], vocab[right], left, right))
-    ranked.sort()
-    return [(left, right) for *_, left, right in ranked]
-
-
-def _gguf_merges(fields: dict[str, object], vocab: dict[str, int]) -> list[tuple[str, str]]:
-    """`tokenizer.ggml.merges` ("left right" strings) as pairs; split as llama.cpp does.
-
-    Merges naming pieces outside the vocab are dropped (tokenizers' BPE refuses them; llama.cpp
-    never produces such a piece either).
-    """
-    merges = []
-    for merge in fields.get("tokenizer.ggml.merges") or []:
-        cut = merge.find(" ", 1)  # from 1: a byte-level piece may itself be a bare space
-        if cut < 0:
-            raise ValueError(f"tokenizer.ggml.merges: malformed merge {merge!r}")
-        left, right = merge[:cut], merge[cut + 1 :]
-        if left in vocab and right in vocab and left + right in vocab:
-            merges.append((left, right))
-    return merges
-
-
-def _build_gguf_hf_tokenizer(fields: dict[str, object]) -> HFTokenizer:
-    """HF tokenizer for GGUF metadata. See Tokenizer.from_gguf."""
-    model = fields.get("tokenizer.ggml.model")
-    tokens = list(fields.get("tokenizer.ggml.tokens") or [])
-    if not tokens:
-        raise ValueError("tokenizer.ggml.tokens: missing or empty")
-    types = list(fields.get("tokenizer.ggml.token_type") or [_TOKEN_NORMAL] * len(tokens))
-    vocab = {tok: i for i, tok in reversed(list(enumerate(tokens)))}  # first id wins on dupes
-    if model == "gpt2":
-        pre = str(fields.get("tokenizer.ggml.pre", "default"))
-        pre_tokenizer, ignore_merges = _gpt2_pre_tokenizer(pre)
-        hf = HFTokenizer(BPE(vocab, _gguf_merges(fields, vocab), ignore_merges=ignore_merges))
-        hf.pre_tokenizer = pre_tokenizer
-        hf.decoder = decoders.ByteLevel()
-    elif model == "llama":
-        scores = list(fields.get("tokenizer.ggml.scores") or [0.0] * len(tokens))
-        unk = tokens[int(fields.get("tokenizer.ggml.unknown_token_id", 0))]
-        merges = _spm_merges(tokens, scores, types)
-        hf = HFTokenizer(BPE(vocab, merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
-        # llama.cpp prefixes a space to every text fragment (also after special tokens) even if
-        # it already starts with one, unlike tokenizers' Metaspace; a normalizer does the same.
-        replace = normalizers.Replace(" ", "▁")
-        steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
-        if fields.get("tokenizer.ggml.add_space_prefix", True):
-            hf.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), replace])
-            steps.append(decoders.Strip(" ", 1, 0))
-        else:
-            hf.normalizer = replace
-        hf.decoder = decoders.Sequence(steps)
-    else:
-        raise ValueError(f"tokenizer.ggml.model: unsupported tokenizer model {model!r}")
-    # Control/unknown tokens are special: parsed in text, skipped by decode(skip_special_tokens).
-    # User-defined ones are parsed as one token too but, as in llama.cpp, stay in decoded text.
-    added = [
-        AddedToken(tokens[i], special=t != _TOKEN_USER_DEFINED, normalized=False)
-        for i, t in enumerate(types)
-        if t in (_TOKEN_CONTROL, _TOKEN_UNKNOWN, _TOKEN_USER_DEFINED)
-    ]
-    hf.add_special_tokens([tok for tok in added if tok.special])
-    hf.add_tokens([tok for tok in added if not tok.special])
-    return hf
 
 
 def _read_json(path: str) -> dict[str, Any]:
@@ -258,11 +139,11 @@ class Tokenizer:
         eos_token_id, add_bos_token, add_eos_token, add_space_prefix} and tokenizer.chat_template.
         Raises ValueError naming `tokenizer.ggml.model` for models other than gpt2 and llama.
         """
-        hf = _build_gguf_hf_tokenizer(fields)
+        hf = build_gguf_hf_tokenizer(fields)
         model = fields["tokenizer.ggml.model"]
         # llama.cpp's defaults when the GGUF does not say: SentencePiece and Llama 3 add BOS.
         pre = fields.get("tokenizer.ggml.pre")
-        add_bos_default = model == "llama" or pre in _PRE_LLAMA3
+        add_bos_default = model == "llama" or pre in LLAMA3_PRE_NAMES
         ids = {
             name: int(fields[f"tokenizer.ggml.{name}_token_id"])
             for name in ("bos", "eos", "eot")
@@ -431,71 +312,6 @@ class Tokenizer:
         tokens = {
             name: self._hf.id_to_token(i) if i is not None else "" for name, i in tokens.items()
         }
-        try:
-            compiled = _compile_chat_template(template)
-        except jinja2.TemplateError as e:
-            raise ValueError(f"chat_template: not a valid jinja template: {e}") from e
-        try:
-            return compiled.render(
-                messages=_normalize_messages(messages),
-                add_generation_prompt=add_generation_prompt,
-                **{**tokens, **kwargs},
-            )
-        except jinja2.TemplateError as e:
-            raise ValueError(f"messages: rejected by the chat template: {e}") from e
-
-
-def _normalize_messages(messages: object) -> list[dict[str, Any]]:
-    """Validated copies of chat messages with `content` parts joined into one string."""
-    if not isinstance(messages, list) or not messages:
-        raise ValueError("messages: must be a non-empty list of messages")
-    normalized = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise ValueError(f"messages[{i}]: must be an object with 'role' and 'content'")
-        role, content = message.get("role"), message.get("content")
-        if not isinstance(role, str) or not role:
-            raise ValueError(f"messages[{i}].role: must be a non-empty string")
-        if isinstance(content, list):
-            content = "\n".join(
-                _text_part(part, f"messages[{i}].content[{j}]") for j, part in enumerate(content)
-            )
-        elif content is None and role == "assistant":
-            content = None if message.get("tool_calls") else ""  # tool-call turns may omit text
-        elif not isinstance(content, str):
-            raise ValueError(f"messages[{i}].content: must be a string or a list of text parts")
-        normalized.append({**message, "content": content})
-    return normalized
-
-
-def _text_part(part: object, where: str) -> str:
-    """The text of one OpenAI content part; only {"type": "text"} parts are supported."""
-    if not isinstance(part, dict) or part.get("type") != "text":
-        kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-        raise ValueError(
-            f"{where}: unsupported content part {kind!r}; only 'text' parts are allowed"
+        return render_chat_template(
+            template, messages, add_generation_prompt=add_generation_prompt, **{**tokens, **kwargs}
         )
-    if not isinstance(part.get("text"), str):
-        raise ValueError(f"{where}.text: must be a string")
-    return part["text"]
-
-
-def _raise_exception(message: str) -> None:
-    raise jinja2.TemplateError(message)
-
-
-def _tojson(value: object, **options: Any) -> str:
-    # transformers' tojson: unlike jinja2's, no HTML escaping (templates emit JSON verbatim).
-    return json.dumps(value, **{"ensure_ascii": False, **options})
-
-
-@functools.lru_cache(maxsize=32)
-def _compile_chat_template(template: str) -> jinja2.Template:
-    """A sandboxed jinja2 template set up like transformers' chat template renderer."""
-    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
-    )
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env.from_string(template)

@@ -20,14 +20,12 @@ compare against.
 from __future__ import annotations
 
 import logging
-import os
-import sys
-import threading
 from collections.abc import Callable
 
 import torch
 
 from kaon import envs
+from kaon.kernels.cpp_build import load_cpp_module
 
 logger = logging.getLogger(__name__)
 
@@ -115,33 +113,8 @@ void paged_decode_attention(
 """
 
 _FUNCTION = "paged_decode_attention"
-_lock = threading.Lock()
-_state: dict[str, Callable[..., None] | None] = {}
-
-
-def _arch_flags() -> tuple[str, list[str]]:
-    """Name suffix and gcc flags for the CPU's vector ISA (one cached build per ISA)."""
-    capability = torch.backends.cpu.get_cpu_capability()
-    if capability in ("AVX2", "AVX512"):
-        return "avx2", ["-mavx2", "-mfma"]
-    return "generic", []
-
-
-def _build() -> Callable[..., None]:
-    from torch.utils.cpp_extension import load_inline
-
-    # The ninja that pip installed beside this interpreter, even when the venv is not activated.
-    envs.prepend_to_path(os.path.dirname(sys.executable))
-    suffix, flags = _arch_flags()
-    module = load_inline(
-        name=f"kaon_cpu_decode_attention_{suffix}",
-        cpp_sources=_CPP_SOURCE,
-        functions=[_FUNCTION],
-        extra_cflags=["-O3", "-fopenmp", *flags],
-        extra_ldflags=["-fopenmp"],
-        verbose=False,
-    )
-    return getattr(module, _FUNCTION)
+_UNSET = object()
+_kernel: object = _UNSET
 
 
 def load_kernel() -> Callable[..., None] | None:
@@ -150,20 +123,15 @@ def load_kernel() -> Callable[..., None] | None:
     Signature: ``kernel(out, query, key_cache, value_cache, block_tables, seq_lens, scale)``,
     writes ``out`` [B, H, D] float32 (see the module docstring for the other shapes).
     """
-    if _FUNCTION in _state:
-        return _state[_FUNCTION]
-    with _lock:
-        if _FUNCTION not in _state:
-            kernel = None
-            if envs.disable_cpp_attention():
-                logger.info("KAON_DISABLE_CPP_ATTENTION is set: decode attention uses torch")
-            else:
-                try:
-                    kernel = _build()
-                except Exception as error:  # any compiler/linker/import failure
-                    logger.info("CPU decode attention kernel unavailable (%s): using torch", error)
-            _state[_FUNCTION] = kernel
-    return _state[_FUNCTION]
+    global _kernel
+    if _kernel is _UNSET:
+        if envs.disable_cpp_attention():
+            logger.info("KAON_DISABLE_CPP_ATTENTION is set: decode attention uses torch")
+            _kernel = None
+        else:
+            module = load_cpp_module("kaon_cpu_decode_attention", _CPP_SOURCE, [_FUNCTION])
+            _kernel = None if module is None else getattr(module, _FUNCTION)
+    return _kernel  # type: ignore[return-value]
 
 
 def supports(query: torch.Tensor, key_cache: torch.Tensor) -> bool:

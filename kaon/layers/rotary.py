@@ -14,6 +14,9 @@ import math
 import torch
 from torch import nn
 
+from kaon.attention.torch_backend import write_kv_cache
+from kaon.kernels import cpu_fused
+
 
 def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
     factor = float(scaling.get("factor", 8.0))
@@ -61,6 +64,10 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", freqs.cos(), persistent=False)
         self.register_buffer("sin", freqs.sin(), persistent=False)
 
+    def step_inputs(self, positions: torch.Tensor) -> RopeInputs:
+        """What every layer of this step needs to rotate its queries and keys."""
+        return RopeInputs(self, positions)
+
     def lookup(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-step tables for ``apply``: cos and signed sin, each [num_tokens, 1, head_dim].
 
@@ -80,3 +87,64 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -
     if x.dtype != torch.float32:
         return apply_rotary(x.float(), cos, signed_sin).to(x.dtype)
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
+
+
+class RopeInputs:
+    """One step's RoPE inputs, shared by all layers: positions [num_tokens] int64, the full
+    cos/sin tables [max_position, head_dim / 2], and (built on first use, for the torch path) the
+    per-token ``lookup`` tables."""
+
+    def __init__(self, rotary: RotaryEmbedding, positions: torch.Tensor) -> None:
+        self.positions = positions
+        self.cos_table, self.sin_table = rotary.cos, rotary.sin
+        self._rotary = rotary
+        self._step_tables: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def step_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin, each [num_tokens, 1, head_dim] (see ``RotaryEmbedding.lookup``)."""
+        if self._step_tables is None:
+            self._step_tables = self._rotary.lookup(self.positions)
+        return self._step_tables
+
+
+def rotate_and_cache(
+    qkv: torch.Tensor,
+    rope: RopeInputs,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    num_heads: int,
+    num_kv_heads: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Apply RoPE to the q and k parts of ``qkv`` and store k and v at their KV cache slots.
+
+    Args:
+        qkv: [num_tokens, (num_heads + 2 * num_kv_heads) * head_dim], this step's projections.
+        key_cache, value_cache: [num_blocks, block_size, num_kv_heads, head_dim].
+        slot_mapping: [num_tokens] int64, ``block_id * block_size + offset`` per token.
+    Returns:
+        query [num_tokens, num_heads, head_dim], key and value [num_tokens, num_kv_heads,
+        head_dim] (rotated query and key; views of ``qkv`` on the fused path).
+    """
+    num_tokens = qkv.shape[0]
+    head_dim = key_cache.shape[-1]
+    q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
+    ops = cpu_fused.ops_for(qkv)
+    fused = ops is not None and key_cache.dtype == torch.float32 and qkv.is_contiguous()
+    if fused:
+        ops.rotary_and_cache_(
+            qkv, rope.positions, rope.cos_table, rope.sin_table,
+            key_cache, value_cache, slot_mapping, num_heads, num_kv_heads,
+        )  # fmt: skip
+        query = qkv[:, :q_size].view(num_tokens, num_heads, head_dim)
+        key = qkv[:, q_size : q_size + kv_size].view(num_tokens, num_kv_heads, head_dim)
+    else:
+        # Rotate queries and keys together: [T, num_heads + num_kv_heads, head_dim].
+        query_key = qkv[:, : q_size + kv_size].view(num_tokens, -1, head_dim)
+        query_key = apply_rotary(query_key, *rope.step_tables)
+        query, key = query_key.split([num_heads, num_kv_heads], dim=1)
+    value = qkv[:, q_size + kv_size :].view(num_tokens, num_kv_heads, head_dim)
+    if not fused:
+        write_kv_cache(key, value, key_cache, value_cache, slot_mapping)
+    return query, key, value

@@ -16,10 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from kaon.attention.metadata import get_attention_metadata
-from kaon.attention.torch_backend import paged_attention, write_kv_cache
+from kaon.attention.torch_backend import paged_attention
+from kaon.kernels import cpu_fused
 from kaon.layers.linear import linear, transpose_for_inference
 from kaon.layers.norm import RMSNorm
-from kaon.layers.rotary import RotaryEmbedding, apply_rotary
+from kaon.layers.rotary import RopeInputs, RotaryEmbedding, rotate_and_cache
 from kaon.models.architecture import ArchitectureConfig
 
 
@@ -47,21 +48,14 @@ class LlamaAttention(nn.Module):
         self.key_cache: torch.Tensor | None = None
         self.value_cache: torch.Tensor | None = None
 
-    def forward(
-        self, rope: tuple[torch.Tensor, torch.Tensor], hidden: torch.Tensor
-    ) -> torch.Tensor:
-        num_tokens = hidden.shape[0]
+    def forward(self, rope: RopeInputs, hidden: torch.Tensor) -> torch.Tensor:
         qkv = linear(hidden, self.qkv_proj, self.qkv_bias)  # [T, q_size + 2 * kv_size]
-        # Rotate queries and keys together: [T, num_heads + num_kv_heads, head_dim].
-        query_key = qkv[:, : self.q_size + self.kv_size].view(num_tokens, -1, self.head_dim)
-        query_key = apply_rotary(query_key, *rope)
-        query, key = query_key.split([self.num_heads, self.num_kv_heads], dim=1)
-        value = qkv[:, self.q_size + self.kv_size :].view(
-            num_tokens, self.num_kv_heads, self.head_dim
-        )
         metadata = get_attention_metadata()
         assert self.key_cache is not None and self.value_cache is not None, "no KV cache"
-        write_kv_cache(key, value, self.key_cache, self.value_cache, metadata.slot_mapping)
+        query, key, value = rotate_and_cache(
+            qkv, rope, self.key_cache, self.value_cache, metadata.slot_mapping,
+            self.num_heads, self.num_kv_heads,
+        )  # fmt: skip
         attn = paged_attention(
             query, key, value, self.key_cache, self.value_cache, metadata, self.scale
         )  # [T, q_size]
@@ -79,6 +73,9 @@ class LlamaMLP(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         gate_up = linear(hidden, self.gate_up_proj)  # [T, 2 * intermediate]
+        ops = cpu_fused.ops_for(gate_up)
+        if ops is not None and gate_up.is_contiguous():
+            return linear(ops.silu_and_mul(gate_up), self.down_proj)
         gate, up = gate_up.split(self.intermediate_size, dim=-1)
         return linear(F.silu(gate) * up, self.down_proj)
 
@@ -93,7 +90,7 @@ class LlamaDecoderLayer(nn.Module):
 
     def forward(
         self,
-        rope: tuple[torch.Tensor, torch.Tensor],
+        rope: RopeInputs,
         hidden: torch.Tensor,
         residual: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,7 +136,7 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """input_ids, positions: [num_tokens] int64 -> hidden [num_tokens, hidden_size]."""
         hidden = F.embedding(input_ids, self.embed_tokens)
-        rope = self.rotary.lookup(positions)  # shared by all layers
+        rope = self.rotary.step_inputs(positions)  # shared by all layers
         residual = None
         for layer in self.layers:
             hidden, residual = layer(rope, hidden, residual)

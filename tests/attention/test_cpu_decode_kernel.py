@@ -86,6 +86,6 @@ def test_paged_attention_uses_kernel_rows_only(kernel):
 
 def test_disabled_by_env(monkeypatch):
     monkeypatch.setenv("KAON_DISABLE_CPP_ATTENTION", "1")
-    monkeypatch.setattr(cpu_decode, "_state", {})
+    monkeypatch.setattr(cpu_decode, "_kernel", cpu_decode._UNSET)
     assert cpu_decode.load_kernel() is None
     assert not cpu_decode.supports(torch.zeros(1, 9, 64, dtype=torch.float64), torch.zeros(1))
