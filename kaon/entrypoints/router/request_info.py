@@ -62,7 +62,7 @@ class RequestInspector:
         except ValueError as error:
             raise bad_request(error) from None
         token_ids = self.tokenizer.encode(text)
-        max_tokens = request.requested_max_tokens()
+        max_tokens = request.requested_max_tokens
         return self._info([token_ids], max_tokens, request.n, bool(request.stream))
 
     def _info(
