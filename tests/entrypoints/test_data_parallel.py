@@ -75,9 +75,16 @@ def async_client(server: ServerProcess) -> openai.AsyncOpenAI:
     )
 
 
-async def complete(client: openai.AsyncOpenAI, prompt: str, stream: bool, **params):
+async def complete(
+    client: openai.AsyncOpenAI,
+    prompt: str,
+    stream: bool,
+    streaming_on: list[int] | None = None,
+    **params,
+):
     """(replica index, text) of one greedy completion through the front. Errors propagate;
-    a stream's replica comes from its response headers, read before the first event."""
+    a stream's replica comes from its response headers, read before the first event, and is
+    appended to ``streaming_on`` once its first event arrived."""
     raw = await client.completions.with_raw_response.create(
         model=MODEL_NAME, prompt=prompt, temperature=0, stream=stream, **params
     )
@@ -87,6 +94,8 @@ async def complete(client: openai.AsyncOpenAI, prompt: str, stream: bool, **para
         return replica, result.choices[0].text
     text = ""
     async for chunk in result:
+        if not text and streaming_on is not None:
+            streaming_on.append(replica)
         text += chunk.choices[0].text if chunk.choices else ""
     return replica, text
 
@@ -163,18 +172,20 @@ def test_killed_replica_fails_only_its_requests_and_restarts(dp_server: ServerPr
     victim = 1
     old = replicas(dp_server)
 
+    streaming_on: list[int] = []  # replicas of the streams that got their first event
+
     async def run_and_kill() -> list:
         async with async_client(dp_server) as client:
             jobs = [
-                asyncio.create_task(complete(client, p, i % 2 == 0, **params))
+                asyncio.create_task(complete(client, p, i % 2 == 0, streaming_on, **params))
                 for i, p in enumerate(prompts)
             ]
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:  # kill while the victim holds requests
-                state = await asyncio.to_thread(replicas, dp_server)
-                if sum(r["outstanding_requests"] for r in state) == len(prompts):
-                    break
+            # Kill while the victim holds requests and one of its streams has started, so both
+            # failure paths run: the 502 envelope and the SSE error event mid-stream.
+            deadline = time.monotonic() + TIMEOUT_S
+            while time.monotonic() < deadline and victim not in streaming_on:
                 await asyncio.sleep(0.05)
+            state = await asyncio.to_thread(replicas, dp_server)
             assert state[victim]["outstanding_requests"] >= 4, state
             os.kill(old[victim]["pid"], signal.SIGKILL)
             done, pending = await asyncio.wait(jobs, timeout=TIMEOUT_S)
@@ -182,19 +193,21 @@ def test_killed_replica_fails_only_its_requests_and_restarts(dp_server: ServerPr
             return [job.exception() or job.result() for job in jobs]
 
     results = asyncio.run(run_and_kill())
-    num_failed = 0
+    num_failed = {"envelope": 0, "sse": 0}
     for index, result in enumerate(results):
         if isinstance(result, tuple):  # completed: on the live replica, or before the kill
             assert result[1] == expected[index], f"request {index}"
             continue
-        num_failed += 1
         assert isinstance(result, openai.APIError), repr(result)
         assert "replica 1" in result.message and "failed" in result.message, result.message
-        if isinstance(result, openai.APIStatusError):  # non-streaming: the 502 envelope
+        assert result.body["code"] == "replica_failed"
+        if isinstance(result, openai.APIStatusError):  # failed before its response started
             assert result.status_code == 502
             assert result.response.headers[REPLICA_HEADER] == str(victim)
-            assert result.body["code"] == "replica_failed"
-    assert num_failed >= 1  # the victim had requests in flight
+            num_failed["envelope"] += 1
+        else:  # a stream that had started: the SSE error event
+            num_failed["sse"] += 1
+    assert num_failed["sse"] >= 1 and sum(num_failed.values()) >= 4, num_failed
     # New requests go to the live replica while the victim restarts.
     client = openai.OpenAI(base_url=f"{dp_server.url}/v1", api_key=API_KEY, max_retries=0,
                            timeout=TIMEOUT_S)  # fmt: skip

@@ -102,3 +102,32 @@ def test_bad_arguments_name_the_field() -> None:
         Router(2, balance_abs_tokens=-1)
     with pytest.raises(ValueError, match="num_tokens"):
         healthy_router(1).route([], num_tokens=-5)
+
+
+def test_request_inspector_costs_and_keys() -> None:
+    """The front's routing key and load from real request bodies, with the model's tokenizer
+    read from the GGUF metadata (no weights)."""
+    import json
+
+    from kaon.entrypoints.openai.serving_common import OpenAIError
+    from kaon.entrypoints.router.request_info import RequestInspector
+    from kaon.entrypoints.router.server import load_tokenizer
+
+    tokenizer = load_tokenizer(None)
+    inspector = RequestInspector(tokenizer, block_size=16, max_model_len=2048)
+    prompt = "The lighthouse keeper wrote in his log every evening. " * 4
+    num_prompt = len(tokenizer.encode(prompt))
+    info = inspector.completion(json.dumps({"prompt": prompt, "max_tokens": 10, "n": 2}).encode())
+    assert info.num_tokens == num_prompt + 2 * 10 and not info.stream
+    assert info.prefix_hashes == block_prefix_hashes(tokenizer.encode(prompt), 16)
+    no_limit = inspector.completion(json.dumps({"prompt": [1, 2, 3], "max_tokens": None}).encode())
+    assert no_limit.num_tokens == 2048 and no_limit.prefix_hashes == []  # the rest of the context
+    batch = inspector.completion(json.dumps({"prompt": ["a b", "c"], "stream": True}).encode())
+    assert batch.stream and batch.num_tokens == 3 + 2 * 16  # OpenAI's default max_tokens 16
+    messages = [{"role": "system", "content": prompt}, {"role": "user", "content": "Hi"}]
+    chat = inspector.chat(json.dumps({"messages": messages, "max_tokens": 5}).encode())
+    other = inspector.chat(json.dumps({"messages": [messages[0]], "max_tokens": 5}).encode())
+    assert len(chat.prefix_hashes) >= 2 and chat.prefix_hashes[:2] == other.prefix_hashes[:2]
+    with pytest.raises(OpenAIError) as error:
+        inspector.chat(json.dumps({"messages": [{"role": "bot", "content": "x"}]}).encode())
+    assert (error.value.status, error.value.param) == (400, "messages[0].role")
