@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,9 @@ import pytest
 from tests.entrypoints.utils import (
     API_KEY,
     MODEL_NAME,
+    SERVE_COMMAND,
     ServerProcess,
+    free_port,
     offline_chat,
     offline_greedy,
     start_server,
@@ -257,3 +260,26 @@ def test_sigterm_stops_every_replica(dp_server: ServerProcess) -> None:
     while not all(process_gone(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert all(process_gone(pid) for pid in pids), pids
+
+
+def test_replicas_die_with_a_killed_front(tmp_path: Path) -> None:
+    """SIGKILL gives the front no chance to stop its replicas: the kernel does it
+    (PR_SET_PDEATHSIG), here while they are still loading the model."""
+    command = [*SERVE_COMMAND, "--port", str(free_port()), *DP_FLAGS]
+    with open(tmp_path / "front.log", "wb") as log:
+        front = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        children: list[int] = []
+        deadline = time.monotonic() + TIMEOUT_S
+        while len(children) < 2 and time.monotonic() < deadline and front.poll() is None:
+            children_file = Path(f"/proc/{front.pid}/task/{front.pid}/children")
+            children = [int(pid) for pid in children_file.read_text().split()]
+            time.sleep(0.1)
+        assert len(children) == 2, (tmp_path / "front.log").read_text()[-2000:]
+    finally:
+        front.kill()
+        front.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while not all(process_gone(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert all(process_gone(pid) for pid in children), children
