@@ -171,7 +171,16 @@ class ReplicaPool:
     async def _supervise(self, replica: Replica) -> None:
         backoff = self.min_backoff
         while True:
-            self._spawn(replica)
+            try:
+                self._spawn(replica)
+            except OSError as error:  # fork failed (no memory, too many processes)
+                logger.exception("replica %d could not be started", replica.index)
+                if self._starting:
+                    self._startup_error = ReplicaStartupError(f"replica {replica.index}: {error}")
+                    return
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+                continue
             if await self._wait_healthy(replica):
                 self._set_up(replica, True)
                 reason = await self._watch(replica)
