@@ -251,6 +251,10 @@ def run_server(args: argparse.Namespace) -> int:
         if options.get("model") not in (None, args.model_tag):
             raise ValueError("model: given both as MODEL and --model with different values")
         options["model"] = args.model_tag
+    if options.get("data_parallel_size", 1) > 1:  # N replica processes behind one front
+        from kaon.entrypoints.router.server import run_router
+
+        return run_router(args, options)
     _check_port_free(args.host, args.port)  # fail in a second, not after the model loads
     engine = LLMEngine.from_options(**options)
     names = args.served_model_name or [engine.model_name]
