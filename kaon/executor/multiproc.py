@@ -46,10 +46,12 @@ from kaon.config import EngineConfig
 from kaon.device import resolve_device
 from kaon.distributed.parallel_state import (
     create_store,
+    current_group,
     destroy_tensor_parallel,
     init_tensor_parallel,
 )
-from kaon.models.loader.loader import LoadedModel
+from kaon.models.loader.loader import LoadedModel, read_architecture
+from kaon.models.loader.tp_shard import plan_for
 from kaon.outputs import ModelRunnerOutput, SchedulerOutput
 from kaon.worker.model_runner import ModelRunner
 from kaon.worker.worker import Worker
@@ -76,6 +78,13 @@ class MultiprocExecutor:
     def __init__(self, config: EngineConfig) -> None:
         parallel = config.parallel_config
         tp_size = parallel.tensor_parallel_size
+        # Fail before starting any process: a split that cannot work, a second group.
+        plan_for(read_architecture(config.model_config.model), 0, tp_size)
+        if current_group() is not None:
+            raise RuntimeError(
+                "a tensor-parallel engine already runs in this process; close it first "
+                "(one tensor_parallel_size > 1 engine per process)"
+            )
         threads = parallel.num_threads or default_threads_per_rank(tp_size)
         config = dataclasses.replace(
             config, parallel_config=dataclasses.replace(parallel, num_threads=threads)

@@ -61,6 +61,25 @@ def load_model(
     return _load_gguf(target, name, dtype, device, tp_group)
 
 
+def read_architecture(path: str | None) -> ArchitectureConfig:
+    """The model's ArchitectureConfig (GGUF metadata or config.json) without reading weights;
+    ``None``: the default model. Used to validate options before ranks are started.
+
+    Raises:
+        FileNotFoundError, ValueError: as ``load_model``.
+    """
+    target = Path(default_model_path() if path is None else path)
+    if not target.exists():
+        raise FileNotFoundError(f"model path {target} does not exist")
+    if target.is_dir():
+        from kaon.models.loader.safetensors import read_hf_config
+
+        return ArchitectureConfig.from_hf_config(read_hf_config(target))
+    from kaon.models.loader.gguf import architecture_from_metadata, open_gguf, read_metadata
+
+    return architecture_from_metadata(read_metadata(open_gguf(target)))
+
+
 def _load_gguf(
     path: Path, name: str, dtype: torch.dtype, device: torch.device, tp_group
 ) -> LoadedModel:
