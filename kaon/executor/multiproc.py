@@ -80,6 +80,12 @@ class MultiprocExecutor:
         tp_size = parallel.tensor_parallel_size
         # Fail before starting any process: a split that cannot work, a second group.
         plan_for(read_architecture(config.model_config.model), 0, tp_size)
+        device = resolve_device(config.model_config.device)
+        if device.type == "cuda" and torch.cuda.device_count() < tp_size:
+            raise ValueError(
+                f"tensor_parallel_size {tp_size} needs {tp_size} GPUs (one per rank); "
+                f"{torch.cuda.device_count()} are visible"
+            )
         if current_group() is not None:
             raise RuntimeError(
                 "a tensor-parallel engine already runs in this process; close it first "
@@ -106,7 +112,6 @@ class MultiprocExecutor:
             self, _stop, self._processes, self._conns, self._saved_threads, self._joined
         )
         try:
-            device = resolve_device(config.model_config.device)
             group = init_tensor_parallel(0, tp_size, self._store, device, timeout)
             self._joined.append(True)
             self.driver = Worker(config, group)
