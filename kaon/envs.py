@@ -34,3 +34,9 @@ def prepend_to_path(directory: str) -> None:
     path = os.environ.get("PATH", "")
     if directory not in path.split(os.pathsep):
         os.environ["PATH"] = directory + os.pathsep + path if path else directory
+
+
+def tp_timeout_seconds() -> float:
+    """KAON_TP_TIMEOUT (default 600): seconds a tensor-parallel rank waits for its peers (the
+    join at start-up, each collective) before the step fails with an error instead of hanging."""
+    return float(os.environ.get("KAON_TP_TIMEOUT", "600"))

@@ -191,6 +191,7 @@ class AsyncLLM:
         self._post(("stop",))
         await asyncio.to_thread(self._thread.join, timeout)
         self._thread = None
+        self.engine.shutdown()  # tensor-parallel worker ranks exit
 
     def _post(self, command: tuple) -> None:
         self._commands.put(command)

@@ -8,21 +8,17 @@ from __future__ import annotations
 import logging
 import time
 
-import torch
-
 from kaon.config import EngineConfig
 from kaon.core.kv_cache_manager import KVCacheManager
 from kaon.core.scheduler import Scheduler, SchedulerStats
 from kaon.device import resolve_device, resolve_dtype
 from kaon.engine.input_processor import InputProcessor, PromptType
 from kaon.engine.output_processor import OutputProcessor
-from kaon.executor.executor import UniprocExecutor
-from kaon.models.loader import load_model
+from kaon.executor.executor import create_executor
 from kaon.outputs import RequestOutput
 from kaon.request import Request, RequestStatus
 from kaon.sampling_params import SamplingParams
-from kaon.worker.kv_cache import allocate_kv_cache, bytes_per_block, num_blocks_for_budget
-from kaon.worker.model_runner import ModelRunner
+from kaon.worker.kv_cache import bytes_per_block
 
 logger = logging.getLogger("kaon")
 
@@ -35,34 +31,33 @@ class LLMEngine:
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        model_config, cache_config = config.model_config, config.cache_config
-        if config.parallel_config.num_threads:
-            torch.set_num_threads(config.parallel_config.num_threads)
+        model_config = config.model_config
         self.device = resolve_device(model_config.device)
         self.dtype = resolve_dtype(model_config.dtype, self.device)
         start = time.perf_counter()
-        loaded = load_model(model_config.model, self.dtype, self.device)
+        # Loads the model (or each rank's shard) and allocates the KV cache on every rank.
+        self.executor = create_executor(config)
+        try:
+            self._init_engine(config, start)
+        except BaseException:
+            self.executor.shutdown()
+            raise
+
+    def _init_engine(self, config: EngineConfig, start: float) -> None:
+        cache_config = config.cache_config
+        loaded = self.executor.loaded
         self.model_name = loaded.name
         self.model_path = loaded.path
         self.arch_config = loaded.config
         self.tokenizer = loaded.tokenizer
         self.generation_defaults = loaded.generation_defaults
-        self.eos_token_ids = set(self.tokenizer.eos_token_ids) | set(loaded.config.eos_token_ids)
-        logger.info("loaded %s in %.1f s (%s, %s)", loaded.path, time.perf_counter() - start,
-                    self.dtype, self.device)  # fmt: skip
-        num_blocks = num_blocks_for_budget(
-            loaded.config, cache_config.block_size, self.dtype, self.device,
-            cache_config.kv_cache_memory_bytes, cache_config.kv_cache_memory_fraction,
-        )  # fmt: skip
+        self.eos_token_ids = self.executor.driver.eos_token_ids
+        logger.info("loaded %s in %.1f s (%s, %s, tensor_parallel_size %d)", loaded.path,
+                    time.perf_counter() - start, self.dtype, self.device,
+                    config.parallel_config.tensor_parallel_size)  # fmt: skip
+        num_blocks = self.executor.num_blocks
         self.max_model_len = self._resolve_max_model_len(num_blocks * cache_config.block_size)
         self._log_kv_capacity(num_blocks)
-        kv_caches = allocate_kv_cache(
-            loaded.config, num_blocks, cache_config.block_size, self.dtype, self.device
-        )
-        runner = ModelRunner(
-            loaded.model, kv_caches, cache_config.block_size, self.eos_token_ids, self.device
-        )
-        self.executor = UniprocExecutor(runner)
         self.kv_cache_manager = KVCacheManager(
             num_blocks, cache_config.block_size, cache_config.enable_prefix_caching
         )
@@ -107,8 +102,8 @@ class LLMEngine:
         per_block = bytes_per_block(self.arch_config, block_size, self.dtype)
         num_tokens = num_blocks * block_size
         logger.info(
-            "KV cache: %d blocks x %d tokens = %d tokens (%.1f MiB); maximum concurrency at "
-            "max_model_len %d: %.2fx",
+            "KV cache: %d blocks x %d tokens = %d tokens (%.1f MiB, all ranks); maximum "
+            "concurrency at max_model_len %d: %.2fx",
             num_blocks, block_size, num_tokens, num_blocks * per_block / 2**20,
             self.max_model_len, num_tokens / self.max_model_len,
         )  # fmt: skip
@@ -181,3 +176,8 @@ class LLMEngine:
 
     def stats(self) -> SchedulerStats:
         return self.scheduler.stats()
+
+    def shutdown(self) -> None:
+        """Stop the executor's worker ranks (tensor parallelism); idempotent. The engine cannot
+        step afterwards."""
+        self.executor.shutdown()

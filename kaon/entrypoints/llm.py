@@ -30,6 +30,17 @@ class LLM:
         self.engine = LLMEngine.from_options(model=model, **engine_options)
         self._counter = itertools.count()
 
+    def close(self) -> None:
+        """Stop the engine's worker ranks (``tensor_parallel_size > 1``); idempotent. Also
+        done on ``with LLM(...) as llm:`` exit, and at interpreter exit."""
+        self.engine.shutdown()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     @property
     def tokenizer(self):
         return self.engine.tokenizer

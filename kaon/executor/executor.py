@@ -1,16 +1,74 @@
-"""Executor: where the model runs. One process today; TP ranks plug in behind the same call."""
+"""Executor: where the model runs. ``create_executor`` picks one rank in the engine process
+(UniprocExecutor) or N tensor-parallel ranks (MultiprocExecutor, ``kaon.executor.multiproc``);
+both run the same Worker / ModelRunner / model code and answer with rank 0's ModelRunnerOutput.
+"""
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
+from kaon.config import EngineConfig
+from kaon.models.loader.loader import LoadedModel
 from kaon.outputs import ModelRunnerOutput, SchedulerOutput
 from kaon.worker.model_runner import ModelRunner
+from kaon.worker.worker import Worker
+
+
+class Executor(Protocol):
+    """What the engine needs from an executor."""
+
+    driver: Worker  # rank 0, in the engine process
+    num_blocks: int  # KV cache blocks, the same on every rank
+
+    @property
+    def loaded(self) -> LoadedModel: ...
+
+    @property
+    def model_runner(self) -> ModelRunner: ...
+
+    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput: ...
+
+    def collective_rpc(self, method: str, *args: Any) -> Any: ...
+
+    def shutdown(self) -> None: ...
 
 
 class UniprocExecutor:
-    """Runs the ModelRunner in the engine's own process."""
+    """One rank: the Worker runs in the engine's own process (no collectives, no copies).
 
-    def __init__(self, model_runner: ModelRunner) -> None:
-        self.model_runner = model_runner
+    Raises:
+        ValueError: from loading the model or sizing the KV cache.
+    """
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.driver = Worker(config)
+        self.num_blocks = self.driver.num_blocks_for_budget()
+        self.driver.initialize_cache(self.num_blocks)
+
+    @property
+    def loaded(self) -> LoadedModel:
+        return self.driver.loaded
+
+    @property
+    def model_runner(self) -> ModelRunner:
+        assert self.driver.model_runner is not None
+        return self.driver.model_runner
 
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
         return self.model_runner.execute_model(scheduler_output)
+
+    def collective_rpc(self, method: str, *args: Any) -> Any:
+        """Call ``Worker.<method>(*args)``; returns its result."""
+        return getattr(self.driver, method)(*args)
+
+    def shutdown(self) -> None:
+        """Nothing to stop: the model lives in this process."""
+
+
+def create_executor(config: EngineConfig) -> Executor:
+    """UniprocExecutor for ``tensor_parallel_size`` 1, else MultiprocExecutor."""
+    if config.parallel_config.tensor_parallel_size == 1:
+        return UniprocExecutor(config)
+    from kaon.executor.multiproc import MultiprocExecutor
+
+    return MultiprocExecutor(config)

@@ -17,10 +17,13 @@ from torch import nn
 
 from kaon.attention.metadata import get_attention_metadata
 from kaon.attention.torch_backend import paged_attention
+from kaon.distributed.parallel_state import get_tp_group
+from kaon.distributed.partition import vocab_shard_size
 from kaon.kernels import cpu_fused
 from kaon.layers.linear import linear, transpose_for_inference
 from kaon.layers.norm import RMSNorm
 from kaon.layers.rotary import RopeInputs, RotaryEmbedding, rotate_and_cache
+from kaon.layers.vocab_parallel import embed, lm_head_logits
 from kaon.models.architecture import ArchitectureConfig
 
 
@@ -29,8 +32,11 @@ def _weight(out_features: int, in_features: int) -> nn.Parameter:
 
 
 class LlamaAttention(nn.Module):
+    """Under tensor parallelism ``config`` holds this rank's heads; o_proj is row-parallel."""
+
     def __init__(self, config: ArchitectureConfig) -> None:
         super().__init__()
+        self.tp_group = get_tp_group()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
@@ -59,7 +65,8 @@ class LlamaAttention(nn.Module):
         attn = paged_attention(
             query, key, value, self.key_cache, self.value_cache, metadata, self.scale
         )  # [T, q_size]
-        return linear(attn, self.o_proj)
+        out = linear(attn, self.o_proj)
+        return out if self.tp_group is None else self.tp_group.all_reduce(out)
 
 
 class LlamaMLP(nn.Module):
@@ -67,6 +74,7 @@ class LlamaMLP(nn.Module):
 
     def __init__(self, config: ArchitectureConfig) -> None:
         super().__init__()
+        self.tp_group = get_tp_group()  # gate/up column-parallel, down row-parallel
         self.intermediate_size = config.intermediate_size
         self.gate_up_proj = _weight(2 * config.intermediate_size, config.hidden_size)
         self.down_proj = _weight(config.hidden_size, config.intermediate_size)
@@ -75,9 +83,12 @@ class LlamaMLP(nn.Module):
         gate_up = linear(hidden, self.gate_up_proj)  # [T, 2 * intermediate]
         ops = cpu_fused.ops_for(gate_up)
         if ops is not None and gate_up.is_contiguous():
-            return linear(ops.silu_and_mul(gate_up), self.down_proj)
-        gate, up = gate_up.split(self.intermediate_size, dim=-1)
-        return linear(F.silu(gate) * up, self.down_proj)
+            activated = ops.silu_and_mul(gate_up)  # [T, intermediate]
+        else:
+            gate, up = gate_up.split(self.intermediate_size, dim=-1)
+            activated = F.silu(gate) * up
+        out = linear(activated, self.down_proj)
+        return out if self.tp_group is None else self.tp_group.all_reduce(out)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -117,8 +128,13 @@ class LlamaForCausalLM(nn.Module):
             config.rope_scaling,
             freq_divisors,
         )
+        # Vocabulary-parallel: this rank's rows [vocab_start, vocab_start + rows) (all at TP=1).
+        self.tp_group = get_tp_group()
+        group = self.tp_group
+        vocab_rows = vocab_shard_size(config.vocab_size, 1 if group is None else group.world_size)
+        self.vocab_start = 0 if group is None else group.rank * vocab_rows
         self.embed_tokens = nn.Parameter(
-            torch.empty(config.vocab_size, config.hidden_size), requires_grad=False
+            torch.empty(vocab_rows, config.hidden_size), requires_grad=False
         )
         self.layers = nn.ModuleList(
             LlamaDecoderLayer(config) for _ in range(config.num_hidden_layers)
@@ -128,14 +144,12 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = (
             None
             if config.tie_word_embeddings
-            else nn.Parameter(
-                torch.empty(config.vocab_size, config.hidden_size), requires_grad=False
-            )
+            else nn.Parameter(torch.empty(vocab_rows, config.hidden_size), requires_grad=False)
         )
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """input_ids, positions: [num_tokens] int64 -> hidden [num_tokens, hidden_size]."""
-        hidden = F.embedding(input_ids, self.embed_tokens)
+        hidden = embed(input_ids, self.embed_tokens, self.vocab_start, self.tp_group)
         rope = self.rotary.step_inputs(positions)  # shared by all layers
         residual = None
         for layer in self.layers:
@@ -143,10 +157,11 @@ class LlamaForCausalLM(nn.Module):
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [rows, hidden_size] -> logits [rows, vocab_size] in float32."""
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """hidden [rows, hidden_size] -> logits [rows, vocab_size] in float32; ``None`` on
+        tensor-parallel ranks other than 0 (they do not sample)."""
         lm_head = self.embed_tokens if self.lm_head is None else self.lm_head
-        return F.linear(hidden, lm_head).float()
+        return lm_head_logits(hidden, lm_head, self.config.vocab_size, self.tp_group)
 
     def prepare_for_inference(self) -> None:
         """Called once after the weights are loaded: store linear weights as [in, out]."""

@@ -66,6 +66,8 @@ class ModelRunner:
         if not batch.sampled_req_indices:
             return output
         logits = self.model.compute_logits(hidden[batch.logits_indices])  # [num_sampled, vocab]
+        if logits is None:  # a tensor-parallel rank other than 0: only rank 0 samples
+            return output
         states = [self.requests[batch.requests[i].request_id] for i in batch.sampled_req_indices]
         metadata = build_sampling_metadata(states, self.vocab_size, self.device)
         sampler_output = self.sampler(logits, metadata)
@@ -128,6 +130,8 @@ class ModelRunner:
             if end > start:
                 row0 = batch.query_start_loc[index]
                 logits = self.model.compute_logits(hidden[row0 : row0 + end - start])
+                if logits is None:  # tensor-parallel rank > 0: it joined the gather, that's all
+                    continue
                 targets = torch.tensor(
                     state.prompt_token_ids[start + 1 : end + 1],
                     dtype=torch.int64,

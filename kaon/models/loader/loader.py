@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from kaon.distributed.communication import TensorParallelGroup
+from kaon.distributed.parallel_state import building_with
 from kaon.models.architecture import ArchitectureConfig
 from kaon.models.llama import LlamaForCausalLM
 from kaon.models.loader.default_model import DEFAULT_MODEL_NAME, default_model_path
@@ -18,19 +20,28 @@ logger = logging.getLogger(__name__)
 @dataclass
 class LoadedModel:
     model: LlamaForCausalLM
-    config: ArchitectureConfig
+    config: ArchitectureConfig  # the full model's, also on a tensor-parallel rank
     tokenizer: object  # kaon.tokenizer.Tokenizer
     name: str  # served model name: the file or directory stem
     path: str
     generation_defaults: dict = field(default_factory=dict)
 
 
-def load_model(path: str | None, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+def load_model(
+    path: str | None,
+    dtype: torch.dtype,
+    device: torch.device,
+    tp_group: TensorParallelGroup | None = None,
+) -> LoadedModel:
     """Load a .gguf file or a Hugging Face directory; ``None`` loads the default model.
+
+    With ``tp_group`` only this rank's shard is kept (``tp_shard``) and the model is built from
+    the rank's local ArchitectureConfig (``model.config``).
 
     Raises:
         FileNotFoundError: the path or a required file in it does not exist.
-        ValueError: unsupported architecture, corrupt header, or unknown file kind.
+        ValueError: unsupported architecture, corrupt header, or unknown file kind; naming
+            ``tensor_parallel_size`` when the model cannot be split over the group.
     """
     if path is None:
         path = default_model_path()
@@ -41,16 +52,37 @@ def load_model(path: str | None, dtype: torch.dtype, device: torch.device) -> Lo
     if not target.exists():
         raise FileNotFoundError(f"model path {path} does not exist")
     if target.is_dir():
-        return _load_hf_dir(target, name, dtype, device)
+        return _load_hf_dir(target, name, dtype, device, tp_group)
     if target.suffix != ".gguf":
         raise ValueError(
             f"model {path} is neither a .gguf file nor a Hugging Face model directory "
             "(config.json + *.safetensors + tokenizer.json)"
         )
-    return _load_gguf(target, name, dtype, device)
+    return _load_gguf(target, name, dtype, device, tp_group)
 
 
-def _load_gguf(path: Path, name: str, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+def read_architecture(path: str | None) -> ArchitectureConfig:
+    """The model's ArchitectureConfig (GGUF metadata or config.json) without reading weights;
+    ``None``: the default model. Used to validate options before ranks are started.
+
+    Raises:
+        FileNotFoundError, ValueError: as ``load_model``.
+    """
+    target = Path(default_model_path() if path is None else path)
+    if not target.exists():
+        raise FileNotFoundError(f"model path {target} does not exist")
+    if target.is_dir():
+        from kaon.models.loader.safetensors import read_hf_config
+
+        return ArchitectureConfig.from_hf_config(read_hf_config(target))
+    from kaon.models.loader.gguf import architecture_from_metadata, open_gguf, read_metadata
+
+    return architecture_from_metadata(read_metadata(open_gguf(target)))
+
+
+def _load_gguf(
+    path: Path, name: str, dtype: torch.dtype, device: torch.device, tp_group
+) -> LoadedModel:
     from kaon.models.loader.gguf import (
         architecture_from_metadata,
         iter_gguf_tensors,
@@ -63,14 +95,16 @@ def _load_gguf(path: Path, name: str, dtype: torch.dtype, device: torch.device) 
     metadata = read_metadata(reader)
     config = architecture_from_metadata(metadata)
     config.tie_word_embeddings = not any(t.name == "output.weight" for t in reader.tensors)
-    tensors = dict(iter_gguf_tensors(reader, config, dtype))
+    tensors = _shard(iter_gguf_tensors(reader, config, dtype), config, tp_group)
     freq_divisors = tensors.pop("rope_freqs", None)
-    model = _build(config, tensors, dtype, device, freq_divisors)
+    model = _build(config, tensors, dtype, device, freq_divisors, tp_group)
     tokenizer = Tokenizer.from_gguf(metadata)
     return LoadedModel(model, config, tokenizer, name, str(path))
 
 
-def _load_hf_dir(path: Path, name: str, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+def _load_hf_dir(
+    path: Path, name: str, dtype: torch.dtype, device: torch.device, tp_group
+) -> LoadedModel:
     from kaon.models.loader.safetensors import (
         iter_safetensors,
         read_generation_defaults,
@@ -79,13 +113,23 @@ def _load_hf_dir(path: Path, name: str, dtype: torch.dtype, device: torch.device
     from kaon.tokenizer import Tokenizer
 
     config = ArchitectureConfig.from_hf_config(read_hf_config(path))
-    tensors = dict(iter_safetensors(path, config, dtype))
+    tensors = _shard(iter_safetensors(path, config, dtype), config, tp_group)
     if "lm_head.weight" not in tensors:
         config.tie_word_embeddings = True
-    model = _build(config, tensors, dtype, device, None)
+    model = _build(config, tensors, dtype, device, None, tp_group)
     tokenizer = Tokenizer.from_hf_dir(path)
     defaults = read_generation_defaults(path)
     return LoadedModel(model, config, tokenizer, name, str(path), defaults)
+
+
+def _shard(tensors, config: ArchitectureConfig, tp_group: TensorParallelGroup | None) -> dict:
+    """name -> tensor, sliced to this rank's shard under tensor parallelism."""
+    if tp_group is None:
+        return dict(tensors)
+    from kaon.models.loader.tp_shard import plan_for, shard_tensors
+
+    shard = plan_for(config, tp_group.rank, tp_group.world_size)
+    return dict(shard_tensors(tensors, config, shard))
 
 
 def _build(
@@ -94,9 +138,15 @@ def _build(
     dtype: torch.dtype,
     device: torch.device,
     freq_divisors: torch.Tensor | None,
+    tp_group: TensorParallelGroup | None = None,
 ) -> LlamaForCausalLM:
     """Create the model and fill it, fusing q/k/v and gate/up into one weight each."""
-    with torch.device("meta"):
+    full_config = config
+    if tp_group is not None:
+        from kaon.models.loader.tp_shard import local_config, plan_for
+
+        config = local_config(config, plan_for(config, tp_group.rank, tp_group.world_size))
+    with torch.device("meta"), building_with(tp_group):
         model = LlamaForCausalLM(config)
     model = model.to_empty(device=device).to(dtype)
     # Buffers were on meta: rebuild the RoPE tables for real.
@@ -108,7 +158,7 @@ def _build(
         freq_divisors,
     )
     model.rotary.to(device)
-    params = _fuse(config, tensors)
+    params = _fuse(full_config, tensors)
     own = dict(model.named_parameters())
     missing = sorted(set(own) - set(params))
     if missing:

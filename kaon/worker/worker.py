@@ -1,0 +1,97 @@
+"""Worker: one rank's model (or model shard), KV cache and ModelRunner.
+
+The same class serves a single-rank engine (inside the engine process) and every rank of a
+tensor-parallel one (rank 0 inside the engine process, the others in worker processes), so the
+forward pass has one code path for 1 and N ranks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from kaon.attention.metadata import forward_context
+from kaon.config import EngineConfig
+from kaon.device import resolve_device, resolve_dtype
+from kaon.distributed.communication import TensorParallelGroup
+from kaon.models.loader import load_model
+from kaon.outputs import ScheduledRequest, SchedulerOutput
+from kaon.worker.input_batch import InputBatch
+from kaon.worker.kv_cache import allocate_kv_cache, num_blocks_for_budget
+from kaon.worker.model_runner import ModelRunner
+
+logger = logging.getLogger("kaon")
+
+
+class Worker:
+    """Loads this rank's weights; ``initialize_cache`` then allocates the KV cache.
+
+    ``tp_group``: the tensor-parallel group this process joined, or ``None`` (one rank). On CUDA
+    rank ``r`` runs on ``cuda:r``.
+
+    Raises:
+        ValueError: bad model path or options; naming ``tensor_parallel_size`` when the model
+            cannot be split over the group.
+    """
+
+    def __init__(self, config: EngineConfig, tp_group: TensorParallelGroup | None = None):
+        self.config = config
+        self.tp_group = tp_group
+        model_config = config.model_config
+        if config.parallel_config.num_threads:
+            torch.set_num_threads(config.parallel_config.num_threads)
+        self.device = resolve_device(model_config.device)
+        if self.device.type == "cuda" and tp_group is not None:
+            self.device = torch.device("cuda", tp_group.rank)
+            torch.cuda.set_device(self.device)
+        self.dtype = resolve_dtype(model_config.dtype, self.device)
+        start = time.perf_counter()
+        self.loaded = load_model(model_config.model, self.dtype, self.device, tp_group)
+        rank = 0 if tp_group is None else tp_group.rank
+        logger.info("rank %d loaded %s in %.1f s (%s, %s)", rank, self.loaded.path,
+                    time.perf_counter() - start, self.dtype, self.device)  # fmt: skip
+        tokenizer_eos = set(self.loaded.tokenizer.eos_token_ids)
+        self.eos_token_ids = tokenizer_eos | set(self.loaded.config.eos_token_ids)
+        self.model_runner: ModelRunner | None = None
+
+    def num_blocks_for_budget(self) -> int:
+        """KV cache blocks that fit this rank's budget (its own KV heads only).
+
+        Raises:
+            ValueError: naming ``kv_cache_memory_bytes`` when not one block fits.
+        """
+        cache = self.config.cache_config
+        return num_blocks_for_budget(
+            self.loaded.model.config, cache.block_size, self.dtype, self.device,
+            cache.kv_cache_memory_bytes, cache.kv_cache_memory_fraction,
+        )  # fmt: skip
+
+    def initialize_cache(self, num_blocks: int) -> None:
+        """Allocate ``num_blocks`` KV cache blocks for this rank's KV heads; build the runner."""
+        block_size = self.config.cache_config.block_size
+        kv_caches = allocate_kv_cache(
+            self.loaded.model.config, num_blocks, block_size, self.dtype, self.device
+        )
+        self.model_runner = ModelRunner(
+            self.loaded.model, kv_caches, block_size, self.eos_token_ids, self.device
+        )
+
+    def execute_model(self, scheduler_output: SchedulerOutput):
+        assert self.model_runner is not None, "initialize_cache first"
+        return self.model_runner.execute_model(scheduler_output)
+
+    @torch.inference_mode()
+    def prompt_logits(self, token_ids: list[int]) -> torch.Tensor | None:
+        """Logits of one whole-prompt prefill, [len(token_ids), vocab] float32 (``None`` on
+        ranks other than 0). Writes KV cache blocks 0.. : call it only on an idle engine."""
+        assert self.model_runner is not None, "initialize_cache first"
+        block_size = self.model_runner.block_size
+        num_blocks = -(-len(token_ids) // block_size)
+        scheduled = ScheduledRequest("prompt-logits", token_ids, 0, list(range(num_blocks)), True)
+        batch = InputBatch.build([scheduled], block_size, self.device)
+        model = self.model_runner.model
+        with forward_context(batch.attention):
+            hidden = model(batch.input_ids, batch.positions)
+            return model.compute_logits(hidden)
