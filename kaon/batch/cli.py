@@ -54,6 +54,7 @@ def run_batch_command(args: argparse.Namespace, default_params) -> int:
     """
     from kaon.batch.cluster import dask_client, threads_per_engine
     from kaon.batch.job import run_batch_job
+    from kaon.batch.records import read_records
     from kaon.config import EngineConfig, options_from_cli
 
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
@@ -67,7 +68,9 @@ def run_batch_command(args: argparse.Namespace, default_params) -> int:
         local_workers = 1
     if local_workers is not None and "num_threads" not in engine_options:
         engine_options["num_threads"] = threads_per_engine(local_workers)
-    EngineConfig.from_options(**engine_options)  # bad engine options fail before the cluster
+    # Bad input lines and engine options fail before any cluster starts.
+    read_records(args.input, default_params)
+    EngineConfig.from_options(**engine_options)
     with dask_client(args.scheduler, local_workers) as client:
         report = run_batch_job(
             client, args.input, args.output, default_params, engine_options,

@@ -123,15 +123,25 @@ class DataParallelEngines:
             options["num_threads"],
         )  # fmt: skip
 
+    def _send(self, rank: int, message: tuple) -> None:
+        try:
+            self._conns[rank].send(message)
+        except OSError:  # BrokenPipeError: the replica is gone
+            self._died(rank)
+
+    def _died(self, rank: int) -> None:
+        self.close()
+        raise RuntimeError(
+            f"data-parallel replica {rank} died (exit code {self._processes[rank].exitcode})"
+        )
+
     def _receive(self, rank: int) -> tuple[str, Any]:
         """The next ``(kind, payload)`` from a replica; kind is "ready", "ok" or "error"."""
         try:
             return self._conns[rank].recv()
         except (EOFError, OSError):
-            self.close()
-            raise RuntimeError(
-                f"data-parallel replica {rank} died (exit code {self._processes[rank].exitcode})"
-            ) from None
+            self._died(rank)
+            raise  # not reached: _died raises
 
     def generate(
         self,
@@ -154,7 +164,7 @@ class DataParallelEngines:
         active = [rank for rank, (start, stop) in enumerate(bounds) if stop > start]
         for rank in active:
             start, stop = bounds[rank]
-            self._conns[rank].send(("generate", prompts[start:stop], params[start:stop]))
+            self._send(rank, ("generate", prompts[start:stop], params[start:stop]))
         results: dict[int, list[RequestOutput]] = {}
         errors: dict[int, Exception] = {}
         progress = tqdm(total=len(prompts), desc="Generating", disable=not use_tqdm, unit="req")
