@@ -1,4 +1,4 @@
-"""The ``kaon`` command: serve | generate | chat | bench | eval.
+"""The ``kaon`` command: serve | generate | chat | bench | eval | batch.
 
 Engine flags (``--max-num-seqs``, ``--kv-cache-memory-bytes``, ...) come from the config classes,
 so they are the same for every subcommand and match the Python options and vLLM's names.
@@ -108,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     from kaon.eval.cli import add_eval_commands
 
     add_eval_commands(evaluate, add_cli_args)
+
+    batch = sub.add_parser("batch", help="JSONL in, JSONL out, over a Dask cluster (resumable)")
+    from kaon.batch.cli import add_batch_args
+
+    add_batch_args(batch, add_cli_args, _add_sampling_args, _sampling_params)
     return parser
 
 

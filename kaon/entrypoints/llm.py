@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from tqdm.auto import tqdm
 
+from kaon.config import EngineConfig
 from kaon.engine.input_processor import PromptType
 from kaon.engine.llm_engine import LLMEngine
 from kaon.outputs import RequestOutput
@@ -21,19 +22,39 @@ class LLM:
     ``LLM(model=None, **engine_options)``: ``model`` is a .gguf file or a Hugging Face directory
     (default: SmolLM2-135M-Instruct); options are those of ``kaon.config`` (``max_num_seqs``,
     ``max_num_batched_tokens``, ``kv_cache_memory_bytes``, ``dtype``, ...).
+    ``data_parallel_size=N`` > 1 runs N engine processes that split each ``generate`` call
+    (``kaon.entrypoints.llm_data_parallel``); ``engine`` is None then, and ``close()`` (or a
+    ``with`` block) stops them.
 
     Raises:
         ValueError: naming an unknown or out-of-range option.
     """
 
     def __init__(self, model: str | None = None, **engine_options: object) -> None:
-        self.engine = LLMEngine.from_options(model=model, **engine_options)
         self._counter = itertools.count()
+        self._data_parallel = None
+        if engine_options.get("data_parallel_size", 1) != 1:
+            # N replica processes (kaon.entrypoints.llm_data_parallel); no engine in this one.
+            from kaon.entrypoints.llm_data_parallel import DataParallelEngines
+
+            EngineConfig.from_options(model=model, **engine_options)  # bad options fail here
+            self.engine = None
+            self._data_parallel = DataParallelEngines(model, engine_options)
+            return
+        self.engine = LLMEngine.from_options(model=model, **engine_options)
+
+    @property
+    def tokenizer(self):
+        return (self._data_parallel or self.engine).tokenizer
 
     def close(self) -> None:
-        """Stop the engine's worker ranks (``tensor_parallel_size > 1``); idempotent. Also
-        done on ``with LLM(...) as llm:`` exit, and at interpreter exit."""
-        self.engine.shutdown()
+        """Stop the data-parallel replica processes and the engine's tensor-parallel worker
+        ranks, if any. Idempotent; also done on ``with LLM(...) as llm:`` exit and at
+        interpreter exit."""
+        if self._data_parallel is not None:
+            self._data_parallel.close()
+        if self.engine is not None:
+            self.engine.shutdown()
 
     def __enter__(self) -> LLM:
         return self
@@ -41,15 +62,11 @@ class LLM:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    @property
-    def tokenizer(self):
-        return self.engine.tokenizer
-
     def get_default_sampling_params(self) -> SamplingParams:
         """SamplingParams used when none are given: the model's generation_config.json
         (temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens) over kaon's
         defaults, as vLLM does."""
-        defaults = self.engine.generation_defaults
+        defaults = (self._data_parallel or self.engine).generation_defaults
         names = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
         options = {name: defaults[name] for name in names if name in defaults}
         if "max_new_tokens" in defaults:
@@ -74,6 +91,8 @@ class LLM:
             sampling_params = self.get_default_sampling_params()
         params_list = _as_params_list(sampling_params, len(prompt_list))
         request_ids = [str(next(self._counter)) for _ in prompt_list]
+        if self._data_parallel is not None:
+            return self._data_parallel.generate(request_ids, prompt_list, params_list, use_tqdm)
         try:
             for request_id, prompt, params in zip(
                 request_ids, prompt_list, params_list, strict=True
