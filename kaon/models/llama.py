@@ -149,6 +149,8 @@ class LlamaForCausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [rows, hidden_size] -> logits [rows, vocab_size] in float32."""
         lm_head = self.embed_tokens if self.lm_head is None else self.lm_head
+        if not isinstance(lm_head, torch.Tensor):  # quantized (kaon.layers.quantization)
+            return lm_head.linear(hidden).float()
         return F.linear(hidden, lm_head).float()
 
     def prepare_for_inference(self) -> None:

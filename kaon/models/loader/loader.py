@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from kaon.layers.quantization import quantize_model, take_int4_blocks
+from kaon.layers.quantization import validate as validate_quantization
 from kaon.models.architecture import ArchitectureConfig
 from kaon.models.llama import LlamaForCausalLM
 from kaon.models.loader.default_model import DEFAULT_MODEL_NAME, default_model_path
@@ -25,8 +27,17 @@ class LoadedModel:
     generation_defaults: dict = field(default_factory=dict)
 
 
-def load_model(path: str | None, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+def load_model(
+    path: str | None,
+    dtype: torch.dtype,
+    device: torch.device,
+    quantization: str = "none",
+    group_size: int = 128,
+) -> LoadedModel:
     """Load a .gguf file or a Hugging Face directory; ``None`` loads the default model.
+
+    ``quantization`` / ``group_size``: weight-only scheme applied to the linear layers after
+    loading (``kaon.layers.quantization``); GGUF Q4_0/Q4_1 tensors map natively to int4 group 32.
 
     Raises:
         FileNotFoundError: the path or a required file in it does not exist.
@@ -41,16 +52,18 @@ def load_model(path: str | None, dtype: torch.dtype, device: torch.device) -> Lo
     if not target.exists():
         raise FileNotFoundError(f"model path {path} does not exist")
     if target.is_dir():
-        return _load_hf_dir(target, name, dtype, device)
+        return _load_hf_dir(target, name, dtype, device, (quantization, group_size))
     if target.suffix != ".gguf":
         raise ValueError(
             f"model {path} is neither a .gguf file nor a Hugging Face model directory "
             "(config.json + *.safetensors + tokenizer.json)"
         )
-    return _load_gguf(target, name, dtype, device)
+    return _load_gguf(target, name, dtype, device, (quantization, group_size))
 
 
-def _load_gguf(path: Path, name: str, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+def _load_gguf(
+    path: Path, name: str, dtype: torch.dtype, device: torch.device, quant: tuple[str, int]
+) -> LoadedModel:
     from kaon.models.loader.gguf import (
         architecture_from_metadata,
         iter_gguf_tensors,
@@ -63,14 +76,17 @@ def _load_gguf(path: Path, name: str, dtype: torch.dtype, device: torch.device) 
     metadata = read_metadata(reader)
     config = architecture_from_metadata(metadata)
     config.tie_word_embeddings = not any(t.name == "output.weight" for t in reader.tensors)
-    tensors = dict(iter_gguf_tensors(reader, config, dtype))
+    int4_native = quant == ("int4", 32)  # Q4_0/Q4_1 blocks go straight to int4 group 32
+    tensors = dict(iter_gguf_tensors(reader, config, dtype, int4_native))
     freq_divisors = tensors.pop("rope_freqs", None)
-    model = _build(config, tensors, dtype, device, freq_divisors)
+    model = _build(config, tensors, dtype, device, freq_divisors, quant)
     tokenizer = Tokenizer.from_gguf(metadata)
     return LoadedModel(model, config, tokenizer, name, str(path))
 
 
-def _load_hf_dir(path: Path, name: str, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+def _load_hf_dir(
+    path: Path, name: str, dtype: torch.dtype, device: torch.device, quant: tuple[str, int]
+) -> LoadedModel:
     from kaon.models.loader.safetensors import (
         iter_safetensors,
         read_generation_defaults,
@@ -82,7 +98,7 @@ def _load_hf_dir(path: Path, name: str, dtype: torch.dtype, device: torch.device
     tensors = dict(iter_safetensors(path, config, dtype))
     if "lm_head.weight" not in tensors:
         config.tie_word_embeddings = True
-    model = _build(config, tensors, dtype, device, None)
+    model = _build(config, tensors, dtype, device, None, quant)
     tokenizer = Tokenizer.from_hf_dir(path)
     defaults = read_generation_defaults(path)
     return LoadedModel(model, config, tokenizer, name, str(path), defaults)
@@ -94,10 +110,15 @@ def _build(
     dtype: torch.dtype,
     device: torch.device,
     freq_divisors: torch.Tensor | None,
+    quant: tuple[str, int] = ("none", 128),
 ) -> LlamaForCausalLM:
-    """Create the model and fill it, fusing q/k/v and gate/up into one weight each."""
+    """Create the model and fill it, fusing q/k/v and gate/up into one weight each, then
+    quantize its linear weights (``quant``: scheme, group size)."""
+    validate_quantization(*quant)
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
+    params = _fuse(config, tensors)
+    native = take_int4_blocks(model, params)  # their float parameters are never allocated
     model = model.to_empty(device=device).to(dtype)
     # Buffers were on meta: rebuild the RoPE tables for real.
     model.rotary.__init__(  # type: ignore[misc]
@@ -108,7 +129,6 @@ def _build(
         freq_divisors,
     )
     model.rotary.to(device)
-    params = _fuse(config, tensors)
     own = dict(model.named_parameters())
     missing = sorted(set(own) - set(params))
     if missing:
@@ -126,6 +146,7 @@ def _build(
                 )
             torch.cat(parts, dim=0, out=own[param_name])  # fused weights written once
     model.prepare_for_inference()
+    quantize_model(model, *quant, prequantized=native)
     return model.eval()
 
 
