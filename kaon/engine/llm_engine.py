@@ -13,7 +13,7 @@ import torch
 from kaon.config import EngineConfig
 from kaon.core.kv_cache_manager import KVCacheManager
 from kaon.core.scheduler import Scheduler, SchedulerStats
-from kaon.device import resolve_device, resolve_dtype
+from kaon.device import resolve_device, resolve_dtype, resolve_kv_cache_dtype
 from kaon.engine.input_processor import InputProcessor, PromptType
 from kaon.engine.output_processor import OutputProcessor
 from kaon.executor.executor import UniprocExecutor
@@ -41,7 +41,11 @@ class LLMEngine:
         self.device = resolve_device(model_config.device)
         self.dtype = resolve_dtype(model_config.dtype, self.device)
         start = time.perf_counter()
-        loaded = load_model(model_config.model, self.dtype, self.device)
+        loaded = load_model(
+            model_config.model, self.dtype, self.device,
+            model_config.quantization, model_config.quantization_group_size,
+        )  # fmt: skip
+        self.kv_cache_dtype = resolve_kv_cache_dtype(cache_config.kv_cache_dtype, self.dtype)
         self.model_name = loaded.name
         self.model_path = loaded.path
         self.arch_config = loaded.config
@@ -51,13 +55,13 @@ class LLMEngine:
         logger.info("loaded %s in %.1f s (%s, %s)", loaded.path, time.perf_counter() - start,
                     self.dtype, self.device)  # fmt: skip
         num_blocks = num_blocks_for_budget(
-            loaded.config, cache_config.block_size, self.dtype, self.device,
+            loaded.config, cache_config.block_size, self.kv_cache_dtype, self.device,
             cache_config.kv_cache_memory_bytes, cache_config.kv_cache_memory_fraction,
         )  # fmt: skip
         self.max_model_len = self._resolve_max_model_len(num_blocks * cache_config.block_size)
         self._log_kv_capacity(num_blocks)
         kv_caches = allocate_kv_cache(
-            loaded.config, num_blocks, cache_config.block_size, self.dtype, self.device
+            loaded.config, num_blocks, cache_config.block_size, self.kv_cache_dtype, self.device
         )
         runner = ModelRunner(
             loaded.model, kv_caches, cache_config.block_size, self.eos_token_ids, self.device
@@ -104,7 +108,7 @@ class LLMEngine:
 
     def _log_kv_capacity(self, num_blocks: int) -> None:
         block_size = self.config.cache_config.block_size
-        per_block = bytes_per_block(self.arch_config, block_size, self.dtype)
+        per_block = bytes_per_block(self.arch_config, block_size, self.kv_cache_dtype)
         num_tokens = num_blocks * block_size
         logger.info(
             "KV cache: %d blocks x %d tokens = %d tokens (%.1f MiB); maximum concurrency at "
