@@ -47,7 +47,9 @@ class CacheConfig:
         0.1, "fraction of free device memory (RAM on CPU) for the KV cache when no byte size is set"
     )
     enable_prefix_caching: bool = _opt(True, "reuse the KV of shared prompt prefixes")
-    kv_cache_dtype: str = _opt("auto", "KV cache dtype: auto (the activation dtype), bfloat16, float32")
+    kv_cache_dtype: str = _opt(
+        "auto", "KV cache dtype: auto (the activation dtype), bfloat16, float32"
+    )
 
 
 @dataclass

@@ -25,7 +25,16 @@ SCHEMES = ("none", "int8", "int4")
 LINEAR_WEIGHTS = (("self_attn", "qkv_proj"), ("self_attn", "o_proj"),
                   ("mlp", "gate_up_proj"), ("mlp", "down_proj"))  # fmt: skip
 
-__all__ = ["GROUP_SIZES", "SCHEMES", "Int4Blocks", "Int4Weight", "Int8Weight", "quantize_model", "take_int4_blocks", "weight_bytes"]
+__all__ = [
+    "GROUP_SIZES",
+    "SCHEMES",
+    "Int4Blocks",
+    "Int4Weight",
+    "Int8Weight",
+    "quantize_model",
+    "take_int4_blocks",
+    "weight_bytes",
+]
 
 
 def validate(scheme: str, group_size: int) -> None:

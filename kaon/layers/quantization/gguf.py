@@ -7,8 +7,9 @@ low nibble of byte j and element j + 16 in the high nibble, j < 16):
     Q4_1: d fp16, m fp16, qs[16]  w = d * q + m
 
 Both are ``scale * q + min`` with q in [0, 15] (Q4_0: scale = d, min = -8 d, exact in float32),
-which is kaon's int4 layout at group size 32 (``quantization/int4.py``): the mapping is exact, and
-``Int4Weight.dequantize`` equals ``gguf.quants.dequantize`` bit for bit.
+which is kaon's int4 layout at group size 32 (``quantization/int4.py``): the mapping is exact.
+For Q4_1 ``Int4Weight.dequantize`` equals ``gguf.quants.dequantize`` bit for bit; for Q4_0 the
+values are equal, but d * q + (-8 d) gives +0.0 where gguf's d * (q - 8) gives -0.0 (q = 8, d < 0).
 
 Q8_0 (d fp16, qs int8[32], w = d * q) has one scale per 32 weights, but the int8 kernel
 (``_weight_int8pack_mm``) takes one scale per output channel; kaon therefore does not map Q8_0
