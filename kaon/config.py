@@ -113,8 +113,7 @@ class EngineConfig:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.model_config.device!r}")
         if self.model_config.quantization not in ("none", "int8", "int4"):
             raise ValueError(
-                "quantization must be none, int8 or int4, "
-                f"got {self.model_config.quantization!r}"
+                f"quantization must be none, int8 or int4, got {self.model_config.quantization!r}"
             )
         if self.model_config.quantization_group_size not in (32, 64, 128, 256):
             raise ValueError(

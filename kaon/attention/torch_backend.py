@@ -9,10 +9,10 @@ New keys/values are first written at ``slot_mapping``; attention then reads each
 context through its block table; a cache of another dtype than the activations
 (``--kv-cache-dtype``) is cast on write and on read. Decodes are batched in one padded call (a mask
 hides slots past each request's length); float32 CPU decodes over a float32 cache instead use the
-gather-free C++ kernel of ``cpu_decode`` when it builds, with ``_decode_attention`` as its reference. Prefill chunks run one
-request at a time with a causal mask that is offset by the tokens already cached. Grouped-query
-attention (Ainslie et al. 2023) maps query head ``h`` to KV head ``h // (num_heads //
-num_kv_heads)``, as Hugging Face's ``repeat_kv`` does.
+gather-free C++ kernel of ``cpu_decode`` when it builds, with ``_decode_attention`` as its
+reference. Prefill chunks run one request at a time with a causal mask that is offset by the tokens
+already cached. Grouped-query attention (Ainslie et al. 2023) maps query head ``h`` to KV head
+``h // (num_heads // num_kv_heads)``, as Hugging Face's ``repeat_kv`` does.
 """
 
 from __future__ import annotations
