@@ -65,7 +65,7 @@ def run_row(name: str, options: dict, args: argparse.Namespace, text: str) -> di
     options = dict(options)
     requantize = options.pop("requantize", None)
     llm = LLM(kv_cache_memory_bytes=args.kv_cache_memory, max_model_len=args.window + 1,
-              max_num_seqs=32, **options)  # fmt: skip
+              max_num_seqs=32, num_threads=args.num_threads, **options)  # fmt: skip
     model = llm.engine.executor.model_runner.model
     if requantize:  # same function the loader calls, on the dequantized float32 weights
         quantize_model(model, *requantize)
@@ -101,6 +101,9 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--iters", type=int, default=2)
     parser.add_argument("--kv-cache-memory", type=int, default=300_000_000)
+    parser.add_argument(
+        "--num-threads", type=int, default=None, help="torch threads (1 on an oversubscribed host)"
+    )
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated row names")
     parser.add_argument("--output-json", default=None)
     args = parser.parse_args()

@@ -1,8 +1,17 @@
 """Every quantization scheme end to end on the default model: greedy decoding stays close to
 float32's, perplexity barely moves, and the KV cache dtype option works.
 
-Figures observed (8 prompts, 8 greedy tokens): int8 and int4 keep the float32 first tokens on
-8/8 and at least 6/8 prompts (full 8-token continuations); see ``MIN_MATCHING``.
+Figures observed here (8 prompts; prompts whose first greedy token / first 4 greedy tokens equal
+float32's; perplexity on TEXT, windows of 48 tokens, stride 24, float32 28.488):
+
+    int8        8/8, 7/8, 28.670 (+0.6%)
+    int4 g32    5/8, 3/8, 27.689 (-2.8%)  GGUF-native: the layers hold exactly float32's weights;
+                                           the int4 LM head (from the Q8_0 embedding) and bfloat16
+                                           GEMMs flip near-ties
+    int4 g128   6/8, 4/8, 63.487 (2.2x)   Q4_1 values re-quantized to g128/g64
+    KV bf16     8/8, 8/8, 28.488 (=)      (prefill of these short windows never reads the cache)
+
+The thresholds in ``SCHEMES`` sit at or a little under these figures.
 """
 
 from __future__ import annotations
@@ -40,9 +49,9 @@ TEXT = (
 # this 135M model that measured 2.2x float32's perplexity on TEXT (63.5 vs 28.5).
 SCHEMES = {
     "int8": ({"quantization": "int8"}, 7, 6, 1.02),
-    "int4-g32": ({"quantization": "int4", "quantization_group_size": 32}, 5, 3, 1.05),
-    "int4-g128": ({"quantization": "int4", "quantization_group_size": 128}, 4, 3, 2.5),
-    "kv-bf16": ({"kv_cache_dtype": "bfloat16"}, 7, 6, 1.01),
+    "int4-g32": ({"quantization": "int4", "quantization_group_size": 32}, 4, 2, 1.05),
+    "int4-g128": ({"quantization": "int4", "quantization_group_size": 128}, 4, 2, 2.5),
+    "kv-bf16": ({"kv_cache_dtype": "bfloat16"}, 7, 7, 1.01),
 }
 
 
