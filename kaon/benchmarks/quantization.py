@@ -92,6 +92,40 @@ def run_row(name: str, options: dict, args: argparse.Namespace, text: str) -> di
     return row
 
 
+def interleaved_speed(args: argparse.Namespace, names: list[str]) -> None:
+    """All rows' engines loaded at once; decode (batch 1) and batch-32 rounds alternate between
+    them, so a change of machine load hits every row alike. Prints the median of each."""
+    from statistics import median
+
+    from kaon import LLM
+
+    engines = {}
+    for name in names:
+        options = dict(ROWS[name])
+        requantize = options.pop("requantize", None)
+        engines[name] = LLM(kv_cache_memory_bytes=args.kv_cache_memory, max_num_seqs=32,
+                            num_threads=args.num_threads, **options)  # fmt: skip
+        if requantize:
+            quantize_model(engines[name].engine.executor.model_runner.model, *requantize)
+    rng = random.Random(0)
+    prompts = [[rng.randrange(1000, 40000) for _ in range(args.input_len)] for _ in range(32)]
+    decode: dict[str, list[float]] = {name: [] for name in names}
+    batch: dict[str, list[float]] = {name: [] for name in names}
+    for name in names:
+        _decode_rate(engines[name], prompts, 8)  # warm-up
+    for _ in range(args.iters):
+        for name in names:
+            decode[name].append(_decode_rate(engines[name], prompts, args.output_len))
+            batch[name].append(_batch_rate(engines[name], prompts, args.output_len))
+    print("| weights | decode tok/s (batch 1) | x float32 | output tok/s (batch 32) | x float32 |")
+    print("|---|---|---|---|---|")
+    base = names[0]
+    for name in names:
+        d, b = median(decode[name]), median(batch[name])
+        print(f"| {name} | {d:.1f} | {d / median(decode[base]):.2f} | {b:.1f} | "
+              f"{b / median(batch[base]):.2f} |", flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--text", default="/usr/share/common-licenses/GPL-3")
@@ -106,7 +140,13 @@ def main() -> None:
     )
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated row names")
     parser.add_argument("--output-json", default=None)
+    parser.add_argument(
+        "--speed-only", action="store_true", help="interleaved speed rounds, no perplexity"
+    )
     args = parser.parse_args()
+    if args.speed_only:
+        interleaved_speed(args, args.rows.split(","))
+        return
     with open(args.text, encoding="utf-8") as handle:
         text = handle.read()
     rows = [run_row(name, ROWS[name], args, text) for name in args.rows.split(",")]
