@@ -29,6 +29,10 @@ class ModelConfig:
     )
     seed: int = _opt(0, "seed of the global sampling generator (requests without their own seed)")
     device: str = _opt("auto", "auto, cpu or cuda")
+    quantization: str = _opt(
+        "none", "weight-only quantization of the linear layers and LM head: none, int8, int4"
+    )
+    quantization_group_size: int = _opt(128, "int4 inputs per scale/zero group: 32, 64, 128, 256")
 
 
 @dataclass
@@ -43,6 +47,9 @@ class CacheConfig:
         0.1, "fraction of free device memory (RAM on CPU) for the KV cache when no byte size is set"
     )
     enable_prefix_caching: bool = _opt(True, "reuse the KV of shared prompt prefixes")
+    kv_cache_dtype: str = _opt(
+        "auto", "KV cache dtype: auto (the activation dtype), bfloat16, float32"
+    )
 
 
 @dataclass
@@ -104,6 +111,20 @@ class EngineConfig:
             )
         if self.model_config.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.model_config.device!r}")
+        if self.model_config.quantization not in ("none", "int8", "int4"):
+            raise ValueError(
+                f"quantization must be none, int8 or int4, got {self.model_config.quantization!r}"
+            )
+        if self.model_config.quantization_group_size not in (32, 64, 128, 256):
+            raise ValueError(
+                "quantization_group_size must be 32, 64, 128 or 256, "
+                f"got {self.model_config.quantization_group_size!r}"
+            )
+        if self.cache_config.kv_cache_dtype not in ("auto", "bfloat16", "float32"):
+            raise ValueError(
+                "kv_cache_dtype must be auto, bfloat16 or float32, "
+                f"got {self.cache_config.kv_cache_dtype!r}"
+            )
         _positive("block_size", self.cache_config.block_size)
         _positive("max_num_seqs", self.scheduler_config.max_num_seqs)
         _positive("max_num_batched_tokens", self.scheduler_config.max_num_batched_tokens)

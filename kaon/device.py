@@ -29,6 +29,16 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
+def resolve_kv_cache_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
+    """``auto`` -> the activation ``dtype``; else bfloat16 or float32 (stored keys/values are
+    cast on write and read back in the activation dtype)."""
+    if name == "auto":
+        return dtype
+    if name not in ("bfloat16", "float32"):
+        raise ValueError(f"kv_cache_dtype must be auto, bfloat16 or float32; got {name!r}")
+    return _DTYPES[name]
+
+
 def available_memory_bytes(device: torch.device) -> int:
     """Free memory on the device in bytes (MemAvailable from /proc/meminfo on CPU)."""
     if device.type == "cuda":

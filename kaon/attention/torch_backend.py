@@ -6,12 +6,13 @@ KV cache layout per layer (one tensor each for K and V):
     slot s = block_id * block_size + offset  ->  cache.view(-1, num_kv_heads, head_dim)[s]
 
 New keys/values are first written at ``slot_mapping``; attention then reads each request's
-context through its block table. Decodes are batched in one padded call (a mask hides slots past
-each request's length); float32 CPU decodes instead use the gather-free C++ kernel of
-``cpu_decode`` when it builds, with ``_decode_attention`` as its reference. Prefill chunks run one
-request at a time with a causal mask that is offset by the tokens already cached. Grouped-query
-attention (Ainslie et al. 2023) maps query head ``h`` to KV head ``h // (num_heads //
-num_kv_heads)``, as Hugging Face's ``repeat_kv`` does.
+context through its block table; a cache of another dtype than the activations
+(``--kv-cache-dtype``) is cast on write and on read. Decodes are batched in one padded call (a mask
+hides slots past each request's length); float32 CPU decodes over a float32 cache instead use the
+gather-free C++ kernel of ``cpu_decode`` when it builds, with ``_decode_attention`` as its
+reference. Prefill chunks run one request at a time with a causal mask that is offset by the tokens
+already cached. Grouped-query attention (Ainslie et al. 2023) maps query head ``h`` to KV head
+``h // (num_heads // num_kv_heads)``, as Hugging Face's ``repeat_kv`` does.
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ def write_kv_cache(
     value_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
 ) -> None:
-    """Store this step's K/V ([num_tokens, num_kv_heads, head_dim]) into their cache slots."""
+    """Store this step's K/V ([num_tokens, num_kv_heads, head_dim]) into their cache slots, cast
+    to the cache dtype (``--kv-cache-dtype``) when it differs from the activations'."""
     num_kv_heads, head_dim = key.shape[1], key.shape[2]
+    if key.dtype != key_cache.dtype:
+        key, value = key.to(key_cache.dtype), value.to(value_cache.dtype)
     key_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, key)
     value_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, value)
 
@@ -74,8 +78,8 @@ def paged_attention(
         if chunk.mask is None:  # no cached context: the chunk's own K/V, causal
             chunk_key, chunk_value = key[rows], value[rows]
         else:
-            chunk_key = _gather(key_cache, chunk.block_ids, chunk.seq_len)
-            chunk_value = _gather(value_cache, chunk.block_ids, chunk.seq_len)
+            chunk_key = _gather(key_cache, chunk.block_ids, chunk.seq_len).to(query.dtype)
+            chunk_value = _gather(value_cache, chunk.block_ids, chunk.seq_len).to(query.dtype)
         output[rows] = _prefill_attention(query[rows], chunk_key, chunk_value, chunk.mask, scale)
     return output.view(num_tokens, num_heads * head_dim)
 
@@ -128,6 +132,8 @@ def _decode_attention(
     padded_len = max_blocks * block_size
     keys = key_cache[block_tables].view(num_decodes, padded_len, num_kv_heads, head_dim)
     values = value_cache[block_tables].view(num_decodes, padded_len, num_kv_heads, head_dim)
+    if keys.dtype != query.dtype:  # a --kv-cache-dtype other than the activations'
+        keys, values = keys.to(query.dtype), values.to(query.dtype)
     out = F.scaled_dot_product_attention(
         query.unsqueeze(2),  # [B, H, 1, D]
         keys.transpose(1, 2),  # [B, KVH, S, D]

@@ -11,7 +11,7 @@ import time
 from kaon.config import EngineConfig
 from kaon.core.kv_cache_manager import KVCacheManager
 from kaon.core.scheduler import Scheduler, SchedulerStats
-from kaon.device import resolve_device, resolve_dtype
+from kaon.device import resolve_device, resolve_dtype, resolve_kv_cache_dtype
 from kaon.engine.input_processor import InputProcessor, PromptType
 from kaon.engine.output_processor import OutputProcessor
 from kaon.executor.executor import create_executor
@@ -46,6 +46,7 @@ class LLMEngine:
     def _init_engine(self, config: EngineConfig, start: float) -> None:
         cache_config = config.cache_config
         loaded = self.executor.loaded
+        self.kv_cache_dtype = resolve_kv_cache_dtype(cache_config.kv_cache_dtype, self.dtype)
         self.model_name = loaded.name
         self.model_path = loaded.path
         self.arch_config = loaded.config
@@ -99,7 +100,7 @@ class LLMEngine:
 
     def _log_kv_capacity(self, num_blocks: int) -> None:
         block_size = self.config.cache_config.block_size
-        per_block = bytes_per_block(self.arch_config, block_size, self.dtype)
+        per_block = bytes_per_block(self.arch_config, block_size, self.kv_cache_dtype)
         num_tokens = num_blocks * block_size
         logger.info(
             "KV cache: %d blocks x %d tokens = %d tokens (%.1f MiB, all ranks); maximum "

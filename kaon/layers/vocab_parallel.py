@@ -41,10 +41,13 @@ def lm_head_logits(
 ) -> torch.Tensor | None:
     """hidden [rows, hidden], weight [shard_rows, hidden] -> logits [rows, vocab_size] float32.
 
+    ``weight`` may also be a quantized LM head (``kaon.layers.quantization``: ``.linear(x)``).
+
     With a group the shards' logits are gathered on rank 0 (the padding columns past
     ``vocab_size`` dropped); the other ranks get ``None``: they do not sample.
     """
-    logits = F.linear(hidden, weight)
+    quantized = not isinstance(weight, torch.Tensor)  # kaon.layers.quantization's own kernel
+    logits = weight.linear(hidden) if quantized else F.linear(hidden, weight)
     if group is None:
         return logits.float()
     gathered = group.gather_last_dim(logits)

@@ -14,7 +14,7 @@ import torch
 
 from kaon.attention.metadata import forward_context
 from kaon.config import EngineConfig
-from kaon.device import resolve_device, resolve_dtype
+from kaon.device import resolve_device, resolve_dtype, resolve_kv_cache_dtype
 from kaon.distributed.communication import TensorParallelGroup
 from kaon.models.loader import load_model
 from kaon.outputs import ScheduledRequest, SchedulerOutput
@@ -47,8 +47,12 @@ class Worker:
             self.device = torch.device("cuda", tp_group.rank)
             torch.cuda.set_device(self.device)
         self.dtype = resolve_dtype(model_config.dtype, self.device)
+        self.kv_cache_dtype = resolve_kv_cache_dtype(config.cache_config.kv_cache_dtype, self.dtype)
         start = time.perf_counter()
-        self.loaded = load_model(model_config.model, self.dtype, self.device, tp_group)
+        self.loaded = load_model(
+            model_config.model, self.dtype, self.device, tp_group,
+            model_config.quantization, model_config.quantization_group_size,
+        )  # fmt: skip
         rank = 0 if tp_group is None else tp_group.rank
         logger.info("rank %d loaded %s in %.1f s (%s, %s)", rank, self.loaded.path,
                     time.perf_counter() - start, self.dtype, self.device)  # fmt: skip
@@ -64,7 +68,7 @@ class Worker:
         """
         cache = self.config.cache_config
         return num_blocks_for_budget(
-            self.loaded.model.config, cache.block_size, self.dtype, self.device,
+            self.loaded.model.config, cache.block_size, self.kv_cache_dtype, self.device,
             cache.kv_cache_memory_bytes, cache.kv_cache_memory_fraction,
         )  # fmt: skip
 
@@ -72,7 +76,7 @@ class Worker:
         """Allocate ``num_blocks`` KV cache blocks for this rank's KV heads; build the runner."""
         block_size = self.config.cache_config.block_size
         kv_caches = allocate_kv_cache(
-            self.loaded.model.config, num_blocks, block_size, self.dtype, self.device
+            self.loaded.model.config, num_blocks, block_size, self.kv_cache_dtype, self.device
         )
         self.model_runner = ModelRunner(
             self.loaded.model, kv_caches, block_size, self.eos_token_ids, self.device

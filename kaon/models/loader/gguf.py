@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kaon.layers.quantization.gguf import NATIVE_INT4_TYPES, Int4Blocks, decode_int4_blocks
 from kaon.models.architecture import GGUF_ARCHITECTURES, ArchitectureConfig
 
 _LAYER_NAMES = {
@@ -111,6 +112,10 @@ def _hf_name(gguf_name: str) -> str | None:
     return None
 
 
+def _is_linear(name: str) -> bool:
+    return name == "lm_head.weight" or name.endswith("_proj.weight")
+
+
 def _unpermute(weight: np.ndarray, num_heads: int) -> np.ndarray:
     """Inverse of llama.cpp's q/k row permutation (interleaved pairs -> rotate-half halves)."""
     rows = weight.shape[0]
@@ -123,11 +128,12 @@ def _unpermute(weight: np.ndarray, num_heads: int) -> np.ndarray:
 
 
 def iter_gguf_tensors(
-    reader, config: ArchitectureConfig, dtype: torch.dtype
-) -> Iterator[tuple[str, torch.Tensor]]:
+    reader, config: ArchitectureConfig, dtype: torch.dtype, int4_native: bool = False
+) -> Iterator[tuple[str, torch.Tensor | Int4Blocks]]:
     """Yield (Hugging Face name, dequantized tensor in ``dtype``) for every model tensor.
 
-    ``rope_freqs`` (Llama 3 frequency divisors) is yielded under its own name.
+    ``rope_freqs`` (Llama 3 frequency divisors) is yielded under its own name. With
+    ``int4_native``, Q4_0/Q4_1 linear weights are yielded undequantized as ``Int4Blocks``.
 
     Raises:
         ValueError: naming the tensor whose GGUF type the gguf package cannot dequantize.
@@ -138,6 +144,14 @@ def iter_gguf_tensors(
     for tensor in reader.tensors:
         name = "rope_freqs" if tensor.name == "rope_freqs.weight" else _hf_name(tensor.name)
         if name is None:
+            continue
+        if int4_native and _is_linear(name) and tensor.tensor_type.name in NATIVE_INT4_TYPES:
+            blocks = decode_int4_blocks(tensor.data, tensor.tensor_type.name)
+            heads = {"q_proj.weight": config.num_attention_heads,
+                     "k_proj.weight": config.num_key_value_heads}.get(name[-13:])  # fmt: skip
+            if permute and heads:  # whole rows of blocks move, as the float rows would
+                blocks = blocks.map_rows(lambda rows, heads=heads: _unpermute(rows, heads))
+            yield name, blocks
             continue
         try:
             array = dequantize(tensor.data, tensor.tensor_type)

@@ -10,6 +10,8 @@ import torch
 
 from kaon.distributed.communication import TensorParallelGroup
 from kaon.distributed.parallel_state import building_with
+from kaon.layers.quantization import quantize_model, take_int4_blocks
+from kaon.layers.quantization import validate as validate_quantization
 from kaon.models.architecture import ArchitectureConfig
 from kaon.models.llama import LlamaForCausalLM
 from kaon.models.loader.default_model import DEFAULT_MODEL_NAME, default_model_path
@@ -32,11 +34,16 @@ def load_model(
     dtype: torch.dtype,
     device: torch.device,
     tp_group: TensorParallelGroup | None = None,
+    quantization: str = "none",
+    group_size: int = 128,
 ) -> LoadedModel:
     """Load a .gguf file or a Hugging Face directory; ``None`` loads the default model.
 
     With ``tp_group`` only this rank's shard is kept (``tp_shard``) and the model is built from
-    the rank's local ArchitectureConfig (``model.config``).
+    the rank's local ArchitectureConfig (``model.config``). ``quantization`` / ``group_size``:
+    weight-only scheme applied to the linear layers after loading (``kaon.layers.quantization``);
+    GGUF Q4_0/Q4_1 tensors map natively to int4 group 32 (single rank only: a tensor-parallel
+    rank dequantizes, takes its shard, then quantizes it).
 
     Raises:
         FileNotFoundError: the path or a required file in it does not exist.
@@ -52,13 +59,13 @@ def load_model(
     if not target.exists():
         raise FileNotFoundError(f"model path {path} does not exist")
     if target.is_dir():
-        return _load_hf_dir(target, name, dtype, device, tp_group)
+        return _load_hf_dir(target, name, dtype, device, tp_group, (quantization, group_size))
     if target.suffix != ".gguf":
         raise ValueError(
             f"model {path} is neither a .gguf file nor a Hugging Face model directory "
             "(config.json + *.safetensors + tokenizer.json)"
         )
-    return _load_gguf(target, name, dtype, device, tp_group)
+    return _load_gguf(target, name, dtype, device, tp_group, (quantization, group_size))
 
 
 def read_architecture(path: str | None) -> ArchitectureConfig:
@@ -81,7 +88,12 @@ def read_architecture(path: str | None) -> ArchitectureConfig:
 
 
 def _load_gguf(
-    path: Path, name: str, dtype: torch.dtype, device: torch.device, tp_group
+    path: Path,
+    name: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    tp_group: TensorParallelGroup | None,
+    quant: tuple[str, int],
 ) -> LoadedModel:
     from kaon.models.loader.gguf import (
         architecture_from_metadata,
@@ -95,15 +107,22 @@ def _load_gguf(
     metadata = read_metadata(reader)
     config = architecture_from_metadata(metadata)
     config.tie_word_embeddings = not any(t.name == "output.weight" for t in reader.tensors)
-    tensors = _shard(iter_gguf_tensors(reader, config, dtype), config, tp_group)
+    # Q4_0/Q4_1 blocks go straight to int4 group 32 (one rank: shards are cut from floats).
+    int4_native = quant == ("int4", 32) and tp_group is None
+    tensors = _shard(iter_gguf_tensors(reader, config, dtype, int4_native), config, tp_group)
     freq_divisors = tensors.pop("rope_freqs", None)
-    model = _build(config, tensors, dtype, device, freq_divisors, tp_group)
+    model = _build(config, tensors, dtype, device, freq_divisors, tp_group, quant)
     tokenizer = Tokenizer.from_gguf(metadata)
     return LoadedModel(model, config, tokenizer, name, str(path))
 
 
 def _load_hf_dir(
-    path: Path, name: str, dtype: torch.dtype, device: torch.device, tp_group
+    path: Path,
+    name: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    tp_group: TensorParallelGroup | None,
+    quant: tuple[str, int],
 ) -> LoadedModel:
     from kaon.models.loader.safetensors import (
         iter_safetensors,
@@ -116,7 +135,7 @@ def _load_hf_dir(
     tensors = _shard(iter_safetensors(path, config, dtype), config, tp_group)
     if "lm_head.weight" not in tensors:
         config.tie_word_embeddings = True
-    model = _build(config, tensors, dtype, device, None, tp_group)
+    model = _build(config, tensors, dtype, device, None, tp_group, quant)
     tokenizer = Tokenizer.from_hf_dir(path)
     defaults = read_generation_defaults(path)
     return LoadedModel(model, config, tokenizer, name, str(path), defaults)
@@ -139,8 +158,11 @@ def _build(
     device: torch.device,
     freq_divisors: torch.Tensor | None,
     tp_group: TensorParallelGroup | None = None,
+    quant: tuple[str, int] = ("none", 128),
 ) -> LlamaForCausalLM:
-    """Create the model and fill it, fusing q/k/v and gate/up into one weight each."""
+    """Create the model and fill it, fusing q/k/v and gate/up into one weight each, then
+    quantize its linear weights (``quant``: scheme, group size)."""
+    validate_quantization(*quant)
     full_config = config
     if tp_group is not None:
         from kaon.models.loader.tp_shard import local_config, plan_for
@@ -148,6 +170,8 @@ def _build(
         config = local_config(config, plan_for(config, tp_group.rank, tp_group.world_size))
     with torch.device("meta"), building_with(tp_group):
         model = LlamaForCausalLM(config)
+    params = _fuse(full_config, tensors)
+    native = take_int4_blocks(model, params)  # their float parameters are never allocated
     model = model.to_empty(device=device).to(dtype)
     # Buffers were on meta: rebuild the RoPE tables for real.
     model.rotary.__init__(  # type: ignore[misc]
@@ -158,7 +182,6 @@ def _build(
         freq_divisors,
     )
     model.rotary.to(device)
-    params = _fuse(full_config, tensors)
     own = dict(model.named_parameters())
     missing = sorted(set(own) - set(params))
     if missing:
@@ -176,6 +199,7 @@ def _build(
                 )
             torch.cat(parts, dim=0, out=own[param_name])  # fused weights written once
     model.prepare_for_inference()
+    quantize_model(model, *quant, prequantized=native)
     return model.eval()
 
 
