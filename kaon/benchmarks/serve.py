@@ -68,9 +68,10 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--num-prompts",
-        type=int,
+        type=_int_list,
         default=None,
-        help="requests per level (default: max(8, 2 x concurrency); 16 per rate)",
+        help="requests per level: one number, or one per level (default: max(8, 2 x "
+        "concurrency); 16 per rate)",
     )
     group.add_argument("--input-len", type=int, default=32, help="synthetic prompt tokens")
     group.add_argument("--output-len", type=int, default=128, help="max_tokens per request")
@@ -107,18 +108,23 @@ def _validate(args: argparse.Namespace) -> None:
     for name, minimum in (("input_len", 1), ("output_len", 1), ("num_warmup", 0)):
         if getattr(args, name) < minimum:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}")
-    if args.num_prompts is not None and args.num_prompts < 1:
-        raise ValueError("--num-prompts must be >= 1")
+    num_levels = len(args.request_rate or args.concurrency or [1])
+    if args.num_prompts is not None and len(args.num_prompts) not in (1, num_levels):
+        raise ValueError(f"--num-prompts: give 1 or {num_levels} numbers, one per level")
     if args.verify and args.temperature != 0.0:
         raise ValueError("--verify needs --temperature 0 (greedy)")
 
 
 def _levels(args: argparse.Namespace) -> tuple[str, list[tuple[float, int]]]:
     """('concurrency' | 'request_rate', [(load, number of requests)])."""
-    if args.request_rate:
-        return "request_rate", [(rate, args.num_prompts or 16) for rate in args.request_rate]
-    levels = args.concurrency or [1]
-    return "concurrency", [(c, args.num_prompts or max(8, 2 * c)) for c in levels]
+    kind = "request_rate" if args.request_rate else "concurrency"
+    loads = args.request_rate or args.concurrency or [1]
+    counts = args.num_prompts or [
+        16 if kind == "request_rate" else max(8, 2 * int(load)) for load in loads
+    ]
+    if len(counts) == 1:
+        counts = counts * len(loads)
+    return kind, list(zip(loads, counts, strict=True))
 
 
 def load_tokenizer(path: str | None) -> Any:
