@@ -38,7 +38,8 @@ def plot_levels(levels: list[dict[str, Any]], load_label: str, title: str, path:
                 axis.plot(xs, ys, style, label=f"{name} {quantile}")
         axis.set_ylabel("seconds")
         axis.set_title(name)
-        axis.legend()
+        if axis.lines:
+            axis.legend()
     for axis in (ax_tput, ax_ttft, ax_tpot):
         if min(loads) > 0 and max(loads) / min(loads) >= 8:
             axis.set_xscale("log", base=2)

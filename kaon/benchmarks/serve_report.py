@@ -68,14 +68,20 @@ class _MemorySampler:
 
     async def _sample(self) -> None:
         while True:
-            self.peak_kib = max(self.peak_kib, _proc_status_kib(self.pid).get("VmRSS", 0.0))
+            try:
+                self.peak_kib = max(self.peak_kib, _proc_status_kib(self.pid).get("VmRSS", 0.0))
+            except OSError:  # the process exited: keep the peak seen so far
+                return
             await asyncio.sleep(MEMORY_SAMPLE_INTERVAL_S)
 
     async def stop(self) -> dict[str, float]:
         """{"peak_rss_mib": sampled peak during the level, "vm_hwm_mib": the kernel's
-        high-water mark of the process since it started}, in MiB."""
+        high-water mark of the process since it started (0 if it has exited)}, in MiB."""
         self.task.cancel()
-        status = _proc_status_kib(self.pid)
+        try:
+            status = _proc_status_kib(self.pid)
+        except OSError:
+            status = {}
         peak = max(self.peak_kib, status.get("VmRSS", 0.0))
         return {"peak_rss_mib": peak / 1024, "vm_hwm_mib": status.get("VmHWM", 0.0) / 1024}
 
