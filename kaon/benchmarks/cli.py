@@ -1,4 +1,4 @@
-"""Wires ``kaon bench throughput | latency`` into the ``kaon`` command.
+"""Wires ``kaon bench throughput | latency | serve`` into the ``kaon`` command.
 
 Engine flags come from ``add_cli_args``; ``--seed`` is the engine's and also seeds the random
 prompts, so one flag makes the whole run reproducible.
@@ -10,6 +10,7 @@ import argparse
 from collections.abc import Callable
 
 from kaon.benchmarks.latency import add_latency_args, run_latency
+from kaon.benchmarks.serve import add_serve_args, run_serve
 from kaon.benchmarks.throughput import add_throughput_args, run_throughput
 
 
@@ -28,7 +29,7 @@ def _add_output_args(parser: argparse.ArgumentParser) -> None:
 def add_bench_commands(
     bench: argparse.ArgumentParser, add_cli_args: Callable[[argparse.ArgumentParser], None]
 ) -> None:
-    """Add the ``throughput`` and ``latency`` subcommands to the ``bench`` parser."""
+    """Add the ``throughput``, ``latency`` and ``serve`` subcommands to the ``bench`` parser."""
     commands = bench.add_subparsers(dest="bench_command", required=True)
     throughput = commands.add_parser(
         "throughput", help="offline: many requests at once; requests/s and tokens/s"
@@ -43,3 +44,11 @@ def add_bench_commands(
     for parser in (throughput, latency):
         _add_output_args(parser)
         add_cli_args(parser)
+    serve = commands.add_parser(
+        "serve", help="load generator against an OpenAI-compatible server: TTFT, TPOT, goodput"
+    )
+    add_serve_args(serve)
+    serve.add_argument(
+        "--output-json", default=None, help="write the settings and all raw figures to this file"
+    )
+    serve.set_defaults(handler=run_serve)

@@ -70,6 +70,22 @@ def random_prompts(
     return prompts
 
 
+def sample_lengths(num: int, length: int, range_ratio: float, seed: int) -> list[int]:
+    """``num`` lengths (tokens) drawn uniformly from the integers in
+    [round(length * (1 - range_ratio)), round(length * (1 + range_ratio))], at least 1;
+    ``range_ratio`` 0 gives ``length`` every time (vLLM's ``--random-range-ratio``).
+
+    Raises:
+        ValueError: for ``range_ratio`` outside [0, 1).
+    """
+    if not 0.0 <= range_ratio < 1.0:
+        raise ValueError(f"range_ratio must be in [0, 1), got {range_ratio}")
+    low = max(1, round(length * (1 - range_ratio)))
+    high = max(low, round(length * (1 + range_ratio)))
+    generator = random.Random(seed)
+    return [generator.randint(low, high) for _ in range(num)]
+
+
 def read_dataset(path: str, num_prompts: int) -> list[str]:
     """Prompt texts from ``path``, repeated in order until there are ``num_prompts``.
 
@@ -180,12 +196,13 @@ class EngineRun:
 def run_requests(
     engine: Any,
     prompts: Sequence[list[int] | str],
-    sampling_params: Any,
+    sampling_params: Any | Sequence[Any],
     request_prefix: str,
     progress_desc: str | None = None,
 ) -> EngineRun:
     """Queue every prompt on an LLMEngine at once and step it until all finish.
 
+    ``sampling_params`` is one SamplingParams for all, or a list with one per prompt.
     Drives ``add_request``/``step`` directly (not ``LLM.generate``) to read ``engine.stats()``
     after every step. ``progress_desc`` None hides the progress bar.
 
@@ -198,8 +215,10 @@ def run_requests(
     peak_usage, num_steps = 0.0, 0
     progress = tqdm(total=len(prompts), desc=progress_desc, unit="req", disable=not progress_desc)
     start = time.perf_counter()
-    for request_id, prompt in zip(request_ids, prompts, strict=True):
-        engine.add_request(request_id, prompt, sampling_params)
+    if not isinstance(sampling_params, list | tuple):
+        sampling_params = [sampling_params] * len(prompts)
+    for request_id, prompt, params in zip(request_ids, prompts, sampling_params, strict=True):
+        engine.add_request(request_id, prompt, params)
     with progress:
         while len(finished) < len(request_ids) and engine.has_unfinished_requests():
             for output in engine.step():

@@ -1,8 +1,8 @@
 """``kaon bench throughput``: offline generation of many requests at once, optionally side by
 side with Hugging Face transformers on the same token ids in the same process.
 
-Every request generates exactly ``--output-len`` tokens (``ignore_eos``), so
-output tokens/s = num_prompts * output_len / elapsed.
+Every request generates exactly its output length (``ignore_eos``): ``--output-len``, or one
+drawn around it with ``--range-ratio``; output tokens/s = sum of output lengths / elapsed.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from kaon.benchmarks.common import (
     request_figures,
     reset_peak_rss,
     run_requests,
+    sample_lengths,
     settings,
     summarize,
     write_json,
@@ -48,6 +49,13 @@ def add_throughput_args(parser: argparse.ArgumentParser) -> None:
         "--output-len", type=int, default=128, help="tokens generated per request (default 128)"
     )
     group.add_argument(
+        "--range-ratio",
+        type=float,
+        default=0.0,
+        help="sample each request's input and output length uniformly from "
+        "[len * (1 - R), len * (1 + R)] (default 0: fixed lengths)",
+    )
+    group.add_argument(
         "--dataset",
         default=None,
         help="JSONL file with a 'prompt' per line, or a text file with one prompt "
@@ -65,6 +73,10 @@ def _validate(args: argparse.Namespace) -> None:
     for name in ("num_prompts", "input_len", "output_len", "hf_batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0.0 <= args.range_ratio < 1.0:
+        raise ValueError(f"--range-ratio must be in [0, 1), got {args.range_ratio}")
+    if args.range_ratio and args.compare_hf:
+        raise ValueError("--compare-hf needs fixed lengths: --range-ratio 0")
 
 
 def _prompts(args: argparse.Namespace, tokenizer: Any) -> list[list[int]]:
@@ -72,9 +84,16 @@ def _prompts(args: argparse.Namespace, tokenizer: Any) -> list[list[int]]:
     engines get the same ids."""
     if args.dataset:
         return [tokenizer.encode(text) for text in read_dataset(args.dataset, args.num_prompts)]
-    return random_prompts(
-        args.num_prompts, args.input_len, tokenizer.vocab_size, tokenizer.all_special_ids, args.seed
+    lengths = sample_lengths(args.num_prompts, args.input_len, args.range_ratio, args.seed)
+    prompts = random_prompts(
+        args.num_prompts, max(lengths), tokenizer.vocab_size, tokenizer.all_special_ids, args.seed
     )
+    return [prompt[:length] for prompt, length in zip(prompts, lengths, strict=True)]
+
+
+def output_lengths(args: argparse.Namespace) -> list[int]:
+    """Tokens to generate per request: ``--output-len``, sampled when ``--range-ratio`` > 0."""
+    return sample_lengths(args.num_prompts, args.output_len, args.range_ratio, args.seed + 2)
 
 
 def _rates(
@@ -137,7 +156,10 @@ def _run_kaon(
     num_warmup_tokens = min(NUM_WARMUP_TOKENS, args.output_len)
     warmup_params = SamplingParams(temperature=0.0, max_tokens=num_warmup_tokens, ignore_eos=True)
     run_requests(engine, warmup, warmup_params, "warmup")
-    params = SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=True)
+    params = [
+        SamplingParams(temperature=0.0, max_tokens=length, ignore_eos=True)
+        for length in output_lengths(args)
+    ]
     run = run_requests(engine, prompts, params, "throughput", progress_desc="kaon")
     per_request = [request_figures(output) for output in run.outputs]
     num_prompt_tokens = sum(r["prompt_len"] for r in per_request)
@@ -157,6 +179,7 @@ _SETTINGS = (
     "num_prompts",
     "input_len",
     "output_len",
+    "range_ratio",
     "dataset",
     "seed",
     "compare_hf",
@@ -197,7 +220,6 @@ def _run_hf(
 
 def _report(result: dict[str, Any]) -> None:
     kaon, hf = result["kaon"], result.get("transformers") or {}
-    settings = result["settings"]
     print_machine(result["machine"])
     rows = []
     for label, key in (
@@ -215,6 +237,6 @@ def _report(result: dict[str, Any]) -> None:
         rows.append([f"greedy = transformers (first {NUM_MATCH_TOKENS})", None, matched, None])
     title = (
         f"throughput: {kaon['num_requests']} prompts, {kaon['num_prompt_tokens']} prompt "
-        f"tokens, {settings['output_len']} output tokens each"
+        f"tokens, {kaon['num_output_tokens']} output tokens"
     )
     print_table(title, ["metric", "kaon", "transformers", "kaon/transformers"], rows)

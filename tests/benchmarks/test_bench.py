@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from kaon.benchmarks.common import percentile, random_prompts, read_dataset, summarize
+from kaon.benchmarks.common import (
+    percentile,
+    random_prompts,
+    read_dataset,
+    sample_lengths,
+    summarize,
+)
 from kaon.benchmarks.hf_baseline import left_pad
 from kaon.cli import main
 
@@ -116,3 +122,27 @@ def test_latency_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert _close(floor["kaon_ratio_to_floor"], kaon["decode_tokens_per_s"] / expected_floor)
     stdout = capsys.readouterr().out
     assert "TPOT (s/token)" in stdout and "float32 floor" in stdout
+
+
+def test_sample_lengths_uniform_in_range() -> None:
+    assert sample_lengths(4, 10, 0.0, seed=1) == [10, 10, 10, 10]
+    lengths = sample_lengths(200, 10, 0.5, seed=1)
+    assert lengths == sample_lengths(200, 10, 0.5, seed=1)
+    assert set(lengths) == set(range(5, 16))  # round(5) .. round(15), every value drawn
+    assert sample_lengths(50, 2, 0.9, seed=0) and min(sample_lengths(50, 2, 0.9, seed=0)) >= 1
+    with pytest.raises(ValueError):
+        sample_lengths(1, 10, 1.0, seed=0)
+
+
+def test_throughput_sampled_lengths(tmp_path: Path) -> None:
+    path = tmp_path / "sampled.json"
+    argv = ["bench", "throughput", "--num-prompts", "3", "--input-len", "8", "--output-len", "4"]
+    argv += ["--range-ratio", "0.5", "--seed", "5", "--output-json", str(path)]
+    assert main(argv + ENGINE_FLAGS) == 0
+    kaon = json.loads(path.read_text())["kaon"]
+    expected_in = sample_lengths(3, 8, 0.5, seed=5)
+    expected_out = sample_lengths(3, 4, 0.5, seed=7)  # output lengths use seed + 2
+    assert [r["prompt_len"] for r in kaon["requests"]] == expected_in
+    assert [r["output_len"] for r in kaon["requests"]] == expected_out
+    assert kaon["num_output_tokens"] == sum(expected_out)
+    assert main(["bench", "throughput", "--range-ratio", "0.5", "--compare-hf"]) == 2
