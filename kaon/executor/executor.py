@@ -33,7 +33,22 @@ class Executor(Protocol):
     def shutdown(self) -> None: ...
 
 
-class UniprocExecutor:
+class DriverExecutor:
+    """What every executor shares: rank 0's ``Worker`` (``driver``) lives in this process."""
+
+    driver: Worker
+
+    @property
+    def loaded(self) -> LoadedModel:
+        return self.driver.loaded
+
+    @property
+    def model_runner(self) -> ModelRunner:
+        assert self.driver.model_runner is not None
+        return self.driver.model_runner
+
+
+class UniprocExecutor(DriverExecutor):
     """One rank: the Worker runs in the engine's own process (no collectives, no copies).
 
     Raises:
@@ -44,15 +59,6 @@ class UniprocExecutor:
         self.driver = Worker(config)
         self.num_blocks = self.driver.num_blocks_for_budget()
         self.driver.initialize_cache(self.num_blocks)
-
-    @property
-    def loaded(self) -> LoadedModel:
-        return self.driver.loaded
-
-    @property
-    def model_runner(self) -> ModelRunner:
-        assert self.driver.model_runner is not None
-        return self.driver.model_runner
 
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
         return self.model_runner.execute_model(scheduler_output)

@@ -50,10 +50,10 @@ from kaon.distributed.parallel_state import (
     destroy_tensor_parallel,
     init_tensor_parallel,
 )
-from kaon.models.loader.loader import LoadedModel, read_architecture
+from kaon.executor.executor import DriverExecutor
+from kaon.models.loader.loader import read_architecture
 from kaon.models.loader.tp_shard import plan_for
 from kaon.outputs import ModelRunnerOutput, SchedulerOutput
-from kaon.worker.model_runner import ModelRunner
 from kaon.worker.worker import Worker
 
 logger = logging.getLogger("kaon")
@@ -67,7 +67,7 @@ def default_threads_per_rank(tp_size: int) -> int:
     return max(1, torch.get_num_threads() // tp_size)
 
 
-class MultiprocExecutor:
+class MultiprocExecutor(DriverExecutor):
     """Spawns ranks 1..N-1, runs rank 0 here; same interface as UniprocExecutor.
 
     Raises:
@@ -126,15 +126,6 @@ class MultiprocExecutor:
             raise failure from error
         logger.info("tensor parallel: %d ranks x %d threads (pids %s)", tp_size, threads,
                     [os.getpid()] + [p.pid for p in self._processes])  # fmt: skip
-
-    @property
-    def loaded(self) -> LoadedModel:
-        return self.driver.loaded
-
-    @property
-    def model_runner(self) -> ModelRunner:
-        assert self.driver.model_runner is not None
-        return self.driver.model_runner
 
     @property
     def worker_pids(self) -> list[int]:

@@ -26,7 +26,8 @@ next to the kernel's ``scale_and_zeros`` so that ``dequantize`` is exact (bit fo
 from __future__ import annotations
 
 import torch
-from torch import nn
+
+from kaon.layers.quantization.base import QuantizedWeight
 
 _KERNEL_DTYPE = torch.bfloat16
 GROUP_SIZES = (32, 64, 128, 256)
@@ -75,7 +76,7 @@ def _int4_mm(x: torch.Tensor, packed: torch.Tensor, group_size: int, sz: torch.T
     return torch.ops.aten._weight_int4pack_mm(x, packed, group_size, sz)
 
 
-class Int4Weight(nn.Module):
+class Int4Weight(QuantizedWeight):
     """A quantized linear weight of logical shape ``[out_features, in_features]``.
 
     Buffers: ``scales``, ``mins`` float32 [N, K / group_size]; with a fast kernel ``packed`` (the
@@ -121,13 +122,6 @@ class Int4Weight(nn.Module):
         n, k = self.out_features, self.in_features
         q = self.unpacked_qweight().float().reshape(n, k // self.group_size, self.group_size)
         return (self.scales[..., None] * q + self.mins[..., None]).reshape(n, k)
-
-    def reference_linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """x [M, K] @ dequantize().T (+ bias) -> [M, N] in x's dtype (float32 math)."""
-        out = x.float() @ self.dequantize().t()
-        if bias is not None:
-            out = out + bias.float()
-        return out.to(x.dtype)
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x [M, K] -> [M, N] in x's dtype: the tinygemm kernel in bfloat16, else the reference."""

@@ -16,12 +16,13 @@ tolerance the tests state. ``reference_linear`` is the plain dequantize-then-mat
 from __future__ import annotations
 
 import torch
-from torch import nn
+
+from kaon.layers.quantization.base import QuantizedWeight
 
 _KERNEL_DTYPE = torch.bfloat16  # the dtype the int8 kernel is fast in (CPU and CUDA)
 
 
-class Int8Weight(nn.Module):
+class Int8Weight(QuantizedWeight):
     """A quantized linear weight of logical shape ``[out_features, in_features]``.
 
     Buffers: ``qweight`` int8 [N, K]; ``scales`` float32 [N] (the exact per-channel scales);
@@ -46,13 +47,6 @@ class Int8Weight(nn.Module):
     def dequantize(self) -> torch.Tensor:
         """The float32 weight [N, K] the quantized values stand for: scales[n] * q[n, k]."""
         return self.qweight.float() * self.scales[:, None]
-
-    def reference_linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """x [M, K] @ dequantize().T (+ bias) -> [M, N] in x's dtype (float32 math)."""
-        out = x.float() @ self.dequantize().t()
-        if bias is not None:
-            out = out + bias.float()
-        return out.to(x.dtype)
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x [M, K] -> [M, N] in x's dtype through ``_weight_int8pack_mm`` (bfloat16 compute)."""
