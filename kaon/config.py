@@ -32,7 +32,9 @@ class ModelConfig:
     quantization: str = _opt(
         "none", "weight-only quantization of the linear layers and LM head: none, int8, int4"
     )
-    quantization_group_size: int = _opt(128, "int4 inputs per scale/zero group: 32, 64, 128, 256")
+    quantization_group_size: int = _opt(
+        32, "int4 inputs per scale/zero group: 32 (as GGUF Q4_0/Q4_1), 64, 128, 256"
+    )
 
 
 @dataclass

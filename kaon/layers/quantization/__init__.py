@@ -65,7 +65,7 @@ def quantize_weight(
 def quantize_model(
     model: nn.Module,
     scheme: str,
-    group_size: int = 128,
+    group_size: int = 32,
     prequantized: dict[str, Int4Blocks] | None = None,
 ) -> None:
     """Replace every linear weight of ``model`` (a LlamaForCausalLM after

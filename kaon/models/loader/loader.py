@@ -35,7 +35,7 @@ def load_model(
     device: torch.device,
     tp_group: TensorParallelGroup | None = None,
     quantization: str = "none",
-    group_size: int = 128,
+    group_size: int = 32,
 ) -> LoadedModel:
     """Load a .gguf file or a Hugging Face directory; ``None`` loads the default model.
 
@@ -158,7 +158,7 @@ def _build(
     device: torch.device,
     freq_divisors: torch.Tensor | None,
     tp_group: TensorParallelGroup | None = None,
-    quant: tuple[str, int] = ("none", 128),
+    quant: tuple[str, int] = ("none", 32),
 ) -> LlamaForCausalLM:
     """Create the model and fill it, fusing q/k/v and gate/up into one weight each, then
     quantize its linear weights (``quant``: scheme, group size)."""
