@@ -50,8 +50,9 @@ class Worker:
         self.kv_cache_dtype = resolve_kv_cache_dtype(config.cache_config.kv_cache_dtype, self.dtype)
         start = time.perf_counter()
         self.loaded = load_model(
-            model_config.model, self.dtype, self.device, tp_group,
-            model_config.quantization, model_config.quantization_group_size,
+            model_config.model, self.dtype, self.device, tp_group=tp_group,
+            quantization=model_config.quantization,
+            group_size=model_config.quantization_group_size,
         )  # fmt: skip
         rank = 0 if tp_group is None else tp_group.rank
         logger.info("rank %d loaded %s in %.1f s (%s, %s)", rank, self.loaded.path,

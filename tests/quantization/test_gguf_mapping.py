@@ -60,7 +60,9 @@ def test_loader_native_path_matches_dequantized_float(default_gguf_path: str) ->
     from kaon.models.loader import load_model
 
     cpu = torch.device("cpu")
-    native = load_model(default_gguf_path, torch.float32, cpu, "int4", 32).model
+    native = load_model(
+        default_gguf_path, torch.float32, cpu, quantization="int4", group_size=32
+    ).model
     floats = load_model(default_gguf_path, torch.float32, cpu).model
     for index in (0, 17):
         for module, attr in (("self_attn", "qkv_proj"), ("mlp", "gate_up_proj")):

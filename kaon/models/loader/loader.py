@@ -33,6 +33,7 @@ def load_model(
     path: str | None,
     dtype: torch.dtype,
     device: torch.device,
+    *,
     tp_group: TensorParallelGroup | None = None,
     quantization: str = "none",
     group_size: int = 32,
