@@ -66,14 +66,10 @@ def _validate(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag} must be >= {minimum}, got {getattr(args, name)}")
 
 
-def weight_bytes(model: Any) -> int:
-    """Bytes of the model's parameters (tied weights counted once): read once per decode step."""
-    return sum(param.numel() * param.element_size() for param in model.parameters())
-
-
 def run_latency(args: argparse.Namespace) -> int:
     """Handler of ``kaon bench latency``; returns the exit code."""
     from kaon.entrypoints.llm import LLM
+    from kaon.layers.quantization import weight_bytes  # parameters and quantized buffers
 
     _validate(args)
     llm = LLM(**options_from_cli(args))
