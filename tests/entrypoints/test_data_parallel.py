@@ -172,37 +172,43 @@ def test_killed_replica_fails_only_its_requests_and_restarts(dp_server: ServerPr
     prompts = [f"Story {i}: once upon a time" for i in range(16)]
     params = {"max_tokens": 48, "extra_body": {"ignore_eos": True}}
     expected = [o.text for o in offline_greedy(llm, prompts, 48, ignore_eos=True)]
-    victim = 1
     old = replicas(dp_server)
-
+    # Equal-sized requests alternate between the replicas in arrival order, so an even/odd
+    # stream pattern could put every stream on one replica; pairs (2 streams, 2 plain) mix them.
+    streams = [i % 4 < 2 for i in range(len(prompts))]
     streaming_on: list[int] = []  # replicas of the streams that got their first event
+    chosen: list[int] = []
 
     async def run_and_kill() -> list:
         async with async_client(dp_server) as client:
             jobs = [
-                asyncio.create_task(complete(client, p, i % 2 == 0, streaming_on, **params))
+                asyncio.create_task(complete(client, p, streams[i], streaming_on, **params))
                 for i, p in enumerate(prompts)
             ]
-            # Kill while the victim holds requests and one of its streams has started, so both
-            # failure paths run: the 502 envelope and the SSE error event mid-stream.
+            # Kill a replica that holds requests and has a started stream, so both failure
+            # paths run: the 502 envelope and the SSE error event mid-stream.
             deadline = time.monotonic() + TIMEOUT_S
-            while time.monotonic() < deadline and victim not in streaming_on:
+            while time.monotonic() < deadline and not streaming_on:
                 await asyncio.sleep(0.05)
+            assert streaming_on, "no stream started"
+            chosen.append(streaming_on[0])
             state = await asyncio.to_thread(replicas, dp_server)
-            assert state[victim]["outstanding_requests"] >= 4, state
-            os.kill(old[victim]["pid"], signal.SIGKILL)
+            assert state[chosen[0]]["outstanding_requests"] >= 4, state
+            os.kill(old[chosen[0]]["pid"], signal.SIGKILL)
             done, pending = await asyncio.wait(jobs, timeout=TIMEOUT_S)
             assert not pending, "requests hung after a replica was killed"
             return [job.exception() or job.result() for job in jobs]
 
     results = asyncio.run(run_and_kill())
+    victim = chosen[0]
+    live = 1 - victim
     num_failed = {"envelope": 0, "sse": 0}
     for index, result in enumerate(results):
         if isinstance(result, tuple):  # completed: on the live replica, or before the kill
             assert result[1] == expected[index], f"request {index}"
             continue
         assert isinstance(result, openai.APIError), repr(result)
-        assert "replica 1" in result.message and "failed" in result.message, result.message
+        assert f"replica {victim}" in result.message and "failed" in result.message, result.message
         assert result.body["code"] == "replica_failed"
         if isinstance(result, openai.APIStatusError):  # failed before its response started
             assert result.status_code == 502
@@ -217,7 +223,7 @@ def test_killed_replica_fails_only_its_requests_and_restarts(dp_server: ServerPr
     raw = client.completions.with_raw_response.create(
         model=MODEL_NAME, prompt=prompts[0], temperature=0, **params
     )
-    assert (raw.headers[REPLICA_HEADER], raw.parse().choices[0].text) == ("0", expected[0])
+    assert (raw.headers[REPLICA_HEADER], raw.parse().choices[0].text) == (str(live), expected[0])
     # The supervisor restarts it; it rejoins once its /health passes.
     deadline = time.monotonic() + TIMEOUT_S
     while time.monotonic() < deadline:
@@ -228,28 +234,36 @@ def test_killed_replica_fails_only_its_requests_and_restarts(dp_server: ServerPr
     assert state["up"] and state["restarts"] == 1 and state["pid"] != old[victim]["pid"], state
     assert process_gone(old[victim]["pid"])
     metrics = dp_server.metrics()
-    assert metrics['kaon:dp_replica_up{replica="1"}'] == 1.0
-    assert metrics['kaon:dp_replica_restarts_total{replica="1"}'] == 1.0
-    assert_restarted_replica_serves(dp_server, prompts[1], expected[1], params)
+    assert metrics[f'kaon:dp_replica_up{{replica="{victim}"}}'] == 1.0
+    assert metrics[f'kaon:dp_replica_restarts_total{{replica="{victim}"}}'] == 1.0
+    assert_restarted_replica_serves(dp_server, victim, prompts[1], expected[1], params)
 
 
-def assert_restarted_replica_serves(server, prompt: str, expected: str, params: dict) -> None:
-    """Hold a stream open on replica 0, so the least-loaded next request goes to replica 1."""
+def assert_restarted_replica_serves(
+    server: ServerProcess, victim: int, prompt: str, expected: str, params: dict
+) -> None:
+    """Send one request that lands on the restarted ``victim`` replica and check its text.
+
+    With both replicas idle, the tie goes to the lower index; when that is the live replica, a
+    stream held open on it makes the victim the least loaded one."""
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0,
                            timeout=TIMEOUT_S)  # fmt: skip
-    held = client.completions.with_raw_response.create(
-        model=MODEL_NAME, prompt="Hold on", max_tokens=200, stream=True, temperature=0
-    )
-    assert held.headers[REPLICA_HEADER] == "0"
-    stream = held.parse()
-    try:
+    stream = None
+    if victim == 1:
+        held = client.completions.with_raw_response.create(
+            model=MODEL_NAME, prompt="Hold on", max_tokens=200, stream=True, temperature=0
+        )
+        assert held.headers[REPLICA_HEADER] == "0"
+        stream = held.parse()
         next(iter(stream))
+    try:
         raw = client.completions.with_raw_response.create(
             model=MODEL_NAME, prompt=prompt, temperature=0, **params
         )
-        assert (raw.headers[REPLICA_HEADER], raw.parse().choices[0].text) == ("1", expected)
+        assert (raw.headers[REPLICA_HEADER], raw.parse().choices[0].text) == (str(victim), expected)
     finally:
-        stream.close()
+        if stream is not None:
+            stream.close()
 
 
 # Stops the server, so it stays the last test of this module.
