@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import random
@@ -48,6 +49,16 @@ def _int_list(text: str) -> list[int]:
     if any(value != int(value) for value in values):
         raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text}")
     return [int(value) for value in values]
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {error}") from error
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text}")
+    return value
 
 
 def add_serve_args(parser: argparse.ArgumentParser) -> None:
@@ -88,6 +99,12 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         dest="ignore_eos",
         action="store_false",
         help="do not send ignore_eos (a vLLM extension) with each request",
+    )
+    group.add_argument(
+        "--extra-body",
+        type=_json_object,
+        default=None,
+        help='JSON object merged into every request body, e.g. \'{"logit_bias": {"2": -100}}\'',
     )
     group.add_argument("--num-warmup", type=int, default=1, help="unmeasured requests first")
     group.add_argument("--seed", type=int, default=0, help="prompts and Poisson arrivals")
@@ -168,6 +185,7 @@ class _Runner:
             max_tokens or args.output_len,
             args.ignore_eos,
             args.temperature,
+            args.extra_body,
         )
         result = await send_request(self.client, self.url, body, args.endpoint, index, self.headers)
         if result.success and result.output_tokens is None:
@@ -270,6 +288,7 @@ _SETTINGS = (
     "tokenizer",
     "temperature",
     "ignore_eos",
+    "extra_body",
     "num_warmup",
     "seed",
     "slo_ttft",

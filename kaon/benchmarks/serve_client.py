@@ -67,11 +67,14 @@ def request_body(
     max_tokens: int,
     ignore_eos: bool,
     temperature: float,
+    extra_body: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON body of a streaming completions or chat completions request.
 
     ``ignore_eos`` is a vLLM extension that kaon honours; servers that do not know it
-    (llama.cpp's Python server) ignore it and may stop early at end-of-sequence.
+    (llama.cpp's Python server) ignore it and may stop early at end-of-sequence; for those,
+    ``extra_body`` can carry ``{"logit_bias": {"<eos id>": -100}}`` instead. ``extra_body``'s
+    keys are added last and override the ones set here.
     """
     body: dict[str, Any] = {
         "max_tokens": max_tokens,
@@ -87,6 +90,7 @@ def request_body(
         body["messages"] = [{"role": "user", "content": prompt}]
     else:
         body["prompt"] = prompt
+    body.update(extra_body or {})
     return body
 
 

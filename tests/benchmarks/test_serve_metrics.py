@@ -3,8 +3,11 @@ against hand-computed values."""
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
+from kaon.benchmarks.serve import add_serve_args
 from kaon.benchmarks.serve_client import RequestResult, request_body
 from kaon.benchmarks.serve_metrics import Slo, goodput, level_figures
 from kaon.benchmarks.serve_report import compare_to_reference, first_difference
@@ -89,6 +92,25 @@ def test_request_body_completions_and_chat() -> None:
     chat = request_body("chat", None, "hi", 8, ignore_eos=False, temperature=0.0)
     assert chat["messages"] == [{"role": "user", "content": "hi"}]
     assert "model" not in chat and "ignore_eos" not in chat and "prompt" not in chat
+    # --extra-body: added last, overriding what the bench set (e.g. a peer's EOS logit bias).
+    extra = {"logit_bias": {"2": -100}, "temperature": 0.5}
+    biased = request_body("completions", None, "hi", 8, False, 0.0, extra_body=extra)
+    assert (biased["logit_bias"], biased["temperature"], biased["prompt"]) == (
+        {"2": -100},
+        0.5,
+        "hi",
+    )
+
+
+def test_extra_body_must_be_a_json_object() -> None:
+    parser = argparse.ArgumentParser()
+    add_serve_args(parser)
+    base = ["--base-url", "http://127.0.0.1:1"]
+    args = parser.parse_args([*base, "--extra-body", '{"logit_bias": {"0": -100}}'])
+    assert args.extra_body == {"logit_bias": {"0": -100}}
+    for bad in ("[1, 2]", "{not json"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*base, "--extra-body", bad])
 
 
 def test_verify_reports_each_differing_response() -> None:
