@@ -5,12 +5,18 @@ the paged cache (``key_cache[block_tables]``), padded to the longest request, an
 with a padding mask: the KV cache crosses memory three times. This kernel reads each K/V row once,
 in place, through the block table:
 
-    for each (request b, kv head h), in parallel:          query heads g = h*G .. h*G+G-1
-        scores[g, t] = scale * q[b, g] . K[block_tables[b, t // block_size], t % block_size, h]
-        out[b, g]    = softmax(scores[g, :seq_lens[b]]) @ V[... same slots ..., h]
+    for each request b (and, with fewer requests than 2 x threads, each kv head), in parallel:
+        scores[g, t] = scale * q[b, g] . K[block_tables[b, t // block_size], t % block_size, g // G]
+        out[b, g]    = softmax(scores[g, :seq_lens[b]]) @ V[... same slots ..., g // G]
 
-Softmax is exact (max-subtracted, float32). Each (request, kv head) is computed alone, so results
-do not depend on the batch. The kernel is compiled once by ``torch.utils.cpp_extension.load_inline``
+(G = num_heads // num_kv_heads.) With a task per request, each cached token's K (and V) row of
+all KV heads is read as one contiguous stretch; the kernel is bound by those reads (2 x seq_len x
+num_kv_heads x head_dim x 4 bytes per request and layer). Dot products, the exponentials and the
+V accumulation use AVX2/FMA when the build targets it: e^x by Cephes' expf polynomial (relative
+error about 1e-7), a scalar loop otherwise. Softmax is max-subtracted, in float32. A head's result
+does not depend on the other requests in the batch, nor on how heads are grouped into tasks: every
+head's arithmetic is the same sequence of operations. The kernel is compiled once by
+``torch.utils.cpp_extension.load_inline``
 and cached in the torch extensions directory (``TORCH_EXTENSIONS_DIR``, default
 ``~/.cache/torch_extensions``); when the build or import fails, or ``KAON_DISABLE_CPP_ATTENTION=1``,
 ``load_kernel`` returns None and callers keep the torch path, which is also the reference the tests
@@ -35,6 +41,94 @@ _CPP_SOURCE = r"""
 #include <cmath>
 #include <limits>
 #include <vector>
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define KAON_AVX2 1
+#endif
+
+namespace {
+
+#ifdef KAON_AVX2
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// e^x for x <= 88, 8 lanes: x = n ln2 + r with |r| <= ln2 / 2, e^r by the degree-7 polynomial of
+// Cephes' expf (S. Moshier, Cephes Math Library), 2^n from the exponent bits. Inputs below -87
+// are clamped there (their e^x < 1.7e-38 underflows to that tiny normal value instead of 0).
+inline __m256 exp8(__m256 x) {
+  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.0f)), _mm256_set1_ps(-87.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i bits = _mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+#endif
+
+inline float dot(const float* a, const float* b, int64_t n) {
+  int64_t d = 0;
+  float sum = 0.f;
+#ifdef KAON_AVX2
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  for (; d + 16 <= n; d += 16) {
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d + 8), _mm256_loadu_ps(b + d + 8), acc1);
+  }
+  for (; d + 8 <= n; d += 8)
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), acc0);
+  sum = hsum(_mm256_add_ps(acc0, acc1));
+#endif
+  for (; d < n; ++d) sum += a[d] * b[d];
+  return sum;
+}
+
+// row[t] = e^(row[t] - row_max) for t < n; returns their sum.
+inline float exp_shifted(float* row, int64_t n, float row_max) {
+  int64_t t = 0;
+  float sum = 0.f;
+#ifdef KAON_AVX2
+  const __m256 shift = _mm256_set1_ps(row_max);
+  __m256 acc = _mm256_setzero_ps();
+  for (; t + 8 <= n; t += 8) {
+    const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(row + t), shift));
+    _mm256_storeu_ps(row + t, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  sum = hsum(acc);
+#endif
+  for (; t < n; ++t) {
+    row[t] = std::exp(row[t] - row_max);
+    sum += row[t];
+  }
+  return sum;
+}
+
+// acc[d] += p * v[d]
+inline void axpy(float* acc, float p, const float* v, int64_t n) {
+  int64_t d = 0;
+#ifdef KAON_AVX2
+  const __m256 pv = _mm256_set1_ps(p);
+  for (; d + 8 <= n; d += 8)
+    _mm256_storeu_ps(acc + d,
+                     _mm256_fmadd_ps(pv, _mm256_loadu_ps(v + d), _mm256_loadu_ps(acc + d)));
+#endif
+  for (; d < n; ++d) acc[d] += p * v[d];
+}
+
+}  // namespace
 
 // out [B, H, D], query [B, H, D]: any row strides, last dim contiguous.
 // key_cache/value_cache [num_blocks, block_size, KVH, D] contiguous; block_tables [B, max_blocks]
@@ -58,54 +152,53 @@ void paged_decode_attention(
   const float fscale = static_cast<float>(scale);
   int64_t max_len = 1;
   for (int64_t b = 0; b < num_requests; ++b) max_len = std::max(max_len, lens[b]);
+  // Tasks are (request, run of KV heads): with enough requests a task takes all of a request's
+  // heads, so each cached token row is read as one contiguous stretch; with few requests each
+  // head is its own task so the threads share long contexts.
+  const int64_t threads = at::get_num_threads();
+  const int64_t heads_per_task = num_requests >= 2 * threads ? num_kv_heads : 1;
+  const int64_t tasks_per_request = num_kv_heads / heads_per_task;
   // Short contexts run on the calling thread: waking the pool costs more than the work.
-  const int64_t grain = std::max<int64_t>(1, 2048 / max_len);
-  at::parallel_for(0, num_requests * num_kv_heads, grain, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores, acc(group * head_dim);
+  const int64_t grain = std::max<int64_t>(1, 4096 / (max_len * heads_per_task));
+  at::parallel_for(0, num_requests * tasks_per_request, grain, [&](int64_t begin, int64_t end) {
+    const int64_t heads = heads_per_task * group;  // query heads of one task
+    std::vector<float> scores(heads * max_len), acc(heads * head_dim), q_scaled(heads * head_dim);
+    std::vector<float> inv_sum(heads);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / num_kv_heads, kv_head = task % num_kv_heads;
+      const int64_t b = task / tasks_per_request;
+      const int64_t kv0 = (task % tasks_per_request) * heads_per_task;  // first KV head
       const int64_t len = lens[b];
       const int64_t* table = tables + b * table_stride;
-      const float* q = q_ptr + b * q_stride0 + kv_head * group * q_stride1;
-      scores.resize(group * len);
+      for (int64_t h = 0; h < heads; ++h) {
+        const float* qh = q_ptr + b * q_stride0 + (kv0 * group + h) * q_stride1;
+        for (int64_t d = 0; d < head_dim; ++d) q_scaled[h * head_dim + d] = qh[d] * fscale;
+      }
+      // scores[h, t] = scale * q_h . k_t (k of q_h's KV head), one pass over the keys.
       for (int64_t t = 0; t < len; ++t) {
         const float* k = k_ptr + table[t / block_size] * block_stride +
-                         (t % block_size) * token_stride + kv_head * head_dim;
-        for (int64_t g = 0; g < group; ++g) {
-          const float* qg = q + g * q_stride1;
-          float dot = 0.f;
-#pragma omp simd reduction(+ : dot)
-          for (int64_t d = 0; d < head_dim; ++d) dot += qg[d] * k[d];
-          scores[g * len + t] = dot * fscale;
-        }
+                         (t % block_size) * token_stride + kv0 * head_dim;
+        for (int64_t h = 0; h < heads; ++h)
+          scores[h * len + t] = dot(q_scaled.data() + h * head_dim, k + (h / group) * head_dim,
+                                    head_dim);
       }
-      std::vector<float> inv_sum(group);
-      for (int64_t g = 0; g < group; ++g) {
-        float* row = scores.data() + g * len;
+      for (int64_t h = 0; h < heads; ++h) {
+        float* row = scores.data() + h * len;
         float row_max = -std::numeric_limits<float>::infinity();
         for (int64_t t = 0; t < len; ++t) row_max = std::max(row_max, row[t]);
-        float sum = 0.f;
-        for (int64_t t = 0; t < len; ++t) {
-          row[t] = std::exp(row[t] - row_max);
-          sum += row[t];
-        }
-        inv_sum[g] = 1.f / sum;
+        inv_sum[h] = 1.f / exp_shifted(row, len, row_max);
       }
       std::fill(acc.begin(), acc.end(), 0.f);
       for (int64_t t = 0; t < len; ++t) {
         const float* v = v_ptr + table[t / block_size] * block_stride +
-                         (t % block_size) * token_stride + kv_head * head_dim;
-        for (int64_t g = 0; g < group; ++g) {
-          const float p = scores[g * len + t];
-          float* a = acc.data() + g * head_dim;
-#pragma omp simd
-          for (int64_t d = 0; d < head_dim; ++d) a[d] += p * v[d];
-        }
+                         (t % block_size) * token_stride + kv0 * head_dim;
+        for (int64_t h = 0; h < heads; ++h)
+          axpy(acc.data() + h * head_dim, scores[h * len + t], v + (h / group) * head_dim,
+               head_dim);
       }
-      for (int64_t g = 0; g < group; ++g) {
-        float* o = out_ptr + b * o_stride0 + (kv_head * group + g) * o_stride1;
-        const float* a = acc.data() + g * head_dim;
-        for (int64_t d = 0; d < head_dim; ++d) o[d] = a[d] * inv_sum[g];
+      for (int64_t h = 0; h < heads; ++h) {
+        float* o = out_ptr + b * o_stride0 + (kv0 * group + h) * o_stride1;
+        const float* a = acc.data() + h * head_dim;
+        for (int64_t d = 0; d < head_dim; ++d) o[d] = a[d] * inv_sum[h];
       }
     }
   });

@@ -70,6 +70,31 @@ def test_kernel_matches_torch(kernel, seq_lens, num_heads, num_kv_heads, head_di
     assert (out - expected).abs().max().item() <= 1e-5
 
 
+def test_batched_rows_equal_single_request_rows(kernel):
+    """Bit-exact batch invariance: with 8 requests a task takes all KV heads of a request; alone,
+    a request is split by KV head across threads. Each head's output must not change."""
+    seq_lens, num_heads, num_kv_heads, head_dim, block_size = (
+        [5, 70, 16, 33, 1, 90, 47, 64],
+        9,
+        3,
+        64,
+        16,
+    )
+    torch.manual_seed(7)
+    metadata = _decode_metadata(seq_lens, block_size, 64, seed=7)
+    shape = (64, block_size, num_kv_heads, head_dim)
+    key_cache, value_cache = torch.randn(shape), torch.randn(shape)
+    query = torch.randn(len(seq_lens), num_heads, head_dim)
+    tables, lens = metadata.decode_block_tables, metadata.decode_seq_lens
+    batched = torch.empty(len(seq_lens), num_heads, head_dim)
+    kernel(batched, query, key_cache, value_cache, tables, lens, 0.125)
+    for row in range(len(seq_lens)):
+        alone = torch.empty(1, num_heads, head_dim)
+        kernel(alone, query[row : row + 1], key_cache, value_cache, tables[row : row + 1],
+               lens[row : row + 1], 0.125)  # fmt: skip
+        assert torch.equal(alone[0], batched[row]), f"request {row}"
+
+
 def test_paged_attention_uses_kernel_rows_only(kernel):
     """Through paged_attention: decode rows come from the kernel and equal the torch path."""
     num_heads, num_kv_heads, head_dim, block_size = 9, 3, 64, 16
