@@ -51,8 +51,8 @@ def quantize_groups(
     """weight [N, K] (any float dtype) -> (q uint8 [N, K] in [0, 15], scales, mins float32
     [N, K / group_size]) with w ~= scales * q + mins per group.
 
-    ``method``: ``"search"`` (default; clip-and-refit search minimizing each group's squared
-    error) or ``"minmax"`` (scale = (max - min) / 15, q = round((w - min) / scale)); see
+    ``method``: ``"search"`` (default; clip-and-refit search minimizing each group's weighted
+    squared error) or ``"minmax"`` (scale = (max - min) / 15, q = round((w - min) / scale)); see
     ``quantization/int4_rounding.py``. Raises ValueError naming ``method`` for any other value.
     """
     if method not in ROUNDING_METHODS:

@@ -120,7 +120,7 @@ def _search_chunk(x: torch.Tensor):
 
 def search_groups(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """groups float32 [G, g] -> (q float32 [G, g] in [0, 15], scales, mins float32 [G]) with the
-    lowest squared error found by the clip-and-refit search (module docstring)."""
+    lowest weighted squared error found by the clip-and-refit search (module docstring)."""
     count, size = groups.shape
     per_chunk = max(1, _CHUNK_ELEMENTS // size)
     q = torch.empty_like(groups)
