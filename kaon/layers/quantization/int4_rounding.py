@@ -84,7 +84,8 @@ def _refit(q: torch.Tensor, x: torch.Tensor, wt: torch.Tensor, sums, step: torch
 
 def _importance(x: torch.Tensor) -> torch.Tensor:
     """Per-weight error weights [B, g]: rms(group) + |w| when IMPORTANCE is "abs" (llama.cpp's
-    choice for k-quants without an importance matrix), else 1."""
+    choice for k-quants without an importance matrix; the default), w^2 + mean(w^2) for "sq",
+    else 1."""
     if IMPORTANCE == "abs":
         rms = torch.linalg.vector_norm(x, dim=-1, keepdim=True) / x.shape[-1] ** 0.5
         return x.abs() + rms.clamp(min=1e-12)  # > 0 also for an all-zero group
