@@ -16,8 +16,10 @@ Two methods, both vectorised over all groups at once:
   weights, which matter most, closer than plain squared error would: on SmolLM2-135M at group
   size 128 plain squared error lowered the weights' error but raised perplexity).
   ``REFINE_STEPS`` alternating passes (re-round with the winner's scale and min, refit, keep if
-  better) follow. The candidates include (0, 0), and a least-squares refit never increases the
-  error of a fixed q, so the result's E is never above min-max's.
+  better) follow. By default ``CLIP_GRID`` holds only (0, 0): min-max's q, refit, then the
+  alternating passes (see ``CLIP_GRID`` for why). The candidates include (0, 0), and a
+  least-squares refit never increases the error of a fixed q, so the result's E is never above
+  min-max's.
 
 Weighted least squares for a fixed q (sums over the group):
 
