@@ -48,9 +48,10 @@ def test_int4_fast_matches_reference(group_size: int, batch: int) -> None:
     assert fast.dtype == torch.float32
     assert _rel(fast, reference) < BF16_TOLERANCE
     # Min-max rounding: every weight within half a step of its group's grid.
+    minmax = Int4Weight.quantize(weight, group_size, method="minmax")
     groups = weight.reshape(48, -1, group_size)
     step = (groups.amax(-1) - groups.amin(-1)) / 15
-    error = (quantized.dequantize().reshape(48, -1, group_size) - groups).abs()
+    error = (minmax.dequantize().reshape(48, -1, group_size) - groups).abs()
     assert (error <= step[..., None] / 2 + 1e-5).all()
 
 

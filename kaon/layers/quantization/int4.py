@@ -2,8 +2,9 @@
 
     w[n, k] ~= scale[n, g] * q[n, k] + min[n, g],   q in [0, 15],   g = k // group_size
 
-with min-max rounding per group (scale = (max - min) / 15): the layout of GGUF's Q4_1 (llama.cpp
-``ggml-quants.c``), so Q4_1 / Q4_0 blocks of 32 map onto it exactly (``quantization/gguf.py``).
+the layout of GGUF's Q4_1 (llama.cpp ``ggml-quants.c``), so Q4_1 / Q4_0 blocks of 32 map onto it
+exactly (``quantization/gguf.py``). Float weights are rounded by an error-minimizing search per
+group (default) or min-max (``quantization/int4_rounding.py``).
 
 Fast paths, PyTorch's "tinygemm" int4 kernels, which use the convention
 ``w = (q - 8) * scale + zero`` with ``scale_and_zeros [K / group_size, N, 2]``; so zero = min + 8 *
@@ -28,9 +29,11 @@ from __future__ import annotations
 import torch
 
 from kaon.layers.quantization.base import QuantizedWeight
+from kaon.layers.quantization.int4_rounding import minmax_groups, search_groups
 
 _KERNEL_DTYPE = torch.bfloat16
 GROUP_SIZES = (32, 64, 128, 256)
+ROUNDING_METHODS = {"search": search_groups, "minmax": minmax_groups}
 
 
 def effective_group_size(group_size: int, in_features: int) -> int:
@@ -43,16 +46,22 @@ def effective_group_size(group_size: int, in_features: int) -> int:
 
 
 def quantize_groups(
-    weight: torch.Tensor, group_size: int
+    weight: torch.Tensor, group_size: int, method: str = "search"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """weight [N, K] -> (q uint8 [N, K] in [0, 15], scales, mins float32 [N, K / group_size]),
-    min-max per group: scale = (max - min) / 15, q = round((w - min) / scale)."""
+    """weight [N, K] (any float dtype) -> (q uint8 [N, K] in [0, 15], scales, mins float32
+    [N, K / group_size]) with w ~= scales * q + mins per group.
+
+    ``method``: ``"search"`` (default; clip-and-refit search minimizing each group's weighted
+    squared error) or ``"minmax"`` (scale = (max - min) / 15, q = round((w - min) / scale)); see
+    ``quantization/int4_rounding.py``. Raises ValueError naming ``method`` for any other value.
+    """
+    if method not in ROUNDING_METHODS:
+        raise ValueError(f"method must be one of {', '.join(ROUNDING_METHODS)}; got {method!r}")
     n, k = weight.shape
-    groups = weight.float().reshape(n, k // group_size, group_size)
-    low = groups.amin(dim=-1)
-    scales = ((groups.amax(dim=-1) - low) / 15.0).clamp(min=1e-12)
-    q = torch.round((groups - low[..., None]) / scales[..., None]).clamp(0, 15)
-    return q.reshape(n, k).to(torch.uint8), scales, low
+    groups = weight.float().reshape(n * (k // group_size), group_size)
+    q, scales, mins = ROUNDING_METHODS[method](groups)
+    shape = (n, k // group_size)
+    return q.reshape(n, k).to(torch.uint8), scales.reshape(shape), mins.reshape(shape)
 
 
 def _pack(qweight: torch.Tensor, group_size: int) -> torch.Tensor | None:
@@ -102,9 +111,10 @@ class Int4Weight(QuantizedWeight):
         self.register_buffer("scale_and_zeros", sz if packed is not None else None)
 
     @classmethod
-    def quantize(cls, weight: torch.Tensor, group_size: int) -> Int4Weight:
-        """weight [N, K] (any float dtype) -> asymmetric min-max int4 per group of inputs."""
-        return cls(*quantize_groups(weight, group_size), group_size)
+    def quantize(cls, weight: torch.Tensor, group_size: int, method: str = "search") -> Int4Weight:
+        """weight [N, K] (any float dtype) -> asymmetric int4 per group of inputs, rounded by
+        ``method`` (``quantize_groups``)."""
+        return cls(*quantize_groups(weight, group_size, method), group_size)
 
     def unpacked_qweight(self) -> torch.Tensor:
         """q uint8 [N, K] in [0, 15]. From ``packed`` this runs the kernel on an identity matrix
