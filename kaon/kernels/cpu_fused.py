@@ -164,7 +164,12 @@ def load_ops() -> ModuleType | None:
 
 
 def ops_for(x: torch.Tensor) -> ModuleType | None:
-    """The fused ops when they apply to activations like ``x`` (float32, CPU), else None."""
-    if x.dtype != torch.float32 or x.device.type != "cpu":
+    """The fused ops when they apply to activations like ``x`` (float32, CPU), else None.
+
+    Called several times per decoder layer, so it stays cheap: ``is_cpu`` instead of building a
+    ``torch.device``, and the loaded module read without a call once decided.
+    """
+    if x.dtype != torch.float32 or not x.is_cpu:
         return None
-    return load_ops()
+    ops = _ops
+    return load_ops() if ops is _UNSET else ops  # type: ignore[return-value]

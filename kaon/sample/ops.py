@@ -7,6 +7,17 @@ import torch
 _NEG_INF = float("-inf")
 
 
+def greedy_ids(logits: torch.Tensor) -> torch.Tensor:
+    """Index of each row's largest value: logits [batch, vocab] float -> [batch] int64.
+
+    The same ids as ``logits.argmax(dim=-1)`` (the first maximal index on ties; a NaN counts as
+    the maximum, so a broken row still gives a valid id), but ``torch.max(dim=-1)``'s CPU kernel
+    is about twice as fast over a [64, 49152] float32 batch (torch 2.13). ``tests/sample`` pins
+    the tie and NaN behaviour.
+    """
+    return torch.max(logits, dim=-1).indices
+
+
 def apply_penalties(
     logits: torch.Tensor,
     prompt_mask: torch.Tensor,
@@ -70,4 +81,4 @@ def random_sample(probs: torch.Tensor, generators: dict[int, torch.Generator]) -
         noise.exponential_()
     for row, generator in generators.items():
         noise[row].exponential_(generator=generator)
-    return probs.div(noise).argmax(dim=-1)
+    return greedy_ids(probs.div(noise))

@@ -53,7 +53,7 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, metadata: SamplingMetadata) -> SamplerOutput:
         if metadata.all_greedy and _no_processing(metadata):
             # Fast path: argmax ignores -inf and returns a valid id even for a NaN row.
-            return SamplerOutput(logits.argmax(dim=-1))
+            return SamplerOutput(ops.greedy_ids(logits))
         logits = _clean(logits)
         raw_logprobs = None
         if metadata.max_num_logprobs is not None:
@@ -84,7 +84,7 @@ class Sampler:
 
     @staticmethod
     def _sample(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
-        greedy = logits.argmax(dim=-1)
+        greedy = ops.greedy_ids(logits)
         if metadata.all_greedy:
             return greedy
         temperature = metadata.temperature

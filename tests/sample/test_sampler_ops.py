@@ -51,3 +51,29 @@ def test_seeded_draws_do_not_depend_on_other_rows():
         return ops.random_sample(batch, {row_count - 1: generator})[row_count - 1].item()
 
     assert draw(1) == draw(2) == draw(3)
+
+
+def test_greedy_ids_match_argmax_on_ties_nan_and_dead_rows():
+    """``greedy_ids`` (torch.max's kernel, faster than argmax's) must pick the same ids as
+    ``argmax``: the first maximal index on ties, a NaN's index, 0 for a row of -inf."""
+    logits = torch.tensor(
+        [
+            [1.0, 3.0, 3.0, 2.0],  # tie: first of the two maxima
+            [NEG_INF, NEG_INF, NEG_INF, NEG_INF],  # dead row
+            [0.0, float("nan"), 5.0, float("nan")],  # NaN wins, first NaN
+            [float("inf"), 1.0, float("inf"), 0.0],
+        ]
+    )
+    assert ops.greedy_ids(logits).tolist() == [1, 0, 1, 0]
+    generator = torch.Generator().manual_seed(0)
+    # Vocabulary-sized rows with many ties, over one and two threads (a split reduction).
+    wide = torch.randint(0, 3, (64, 49152), generator=generator).float()
+    wide[:, -1] = 2.0
+    threads = torch.get_num_threads()
+    try:
+        for num_threads in (1, 2):
+            torch.set_num_threads(num_threads)
+            assert torch.equal(ops.greedy_ids(wide), wide.argmax(dim=-1))
+            assert torch.equal(ops.greedy_ids(wide[:1]), wide[:1].argmax(dim=-1))
+    finally:
+        torch.set_num_threads(threads)
