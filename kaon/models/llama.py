@@ -23,7 +23,7 @@ from kaon.kernels import cpu_fused
 from kaon.layers.linear import linear, transpose_for_inference
 from kaon.layers.norm import RMSNorm
 from kaon.layers.rotary import RopeInputs, RotaryEmbedding, rotate_and_cache
-from kaon.layers.vocab_parallel import embed, lm_head_logits
+from kaon.layers.vocab_parallel import embed, lm_head_logits, pack_lm_head
 from kaon.models.architecture import ArchitectureConfig
 
 
@@ -148,6 +148,9 @@ class LlamaForCausalLM(nn.Module):
             if config.tie_word_embeddings
             else nn.Parameter(torch.empty(vocab_rows, config.hidden_size), requires_grad=False)
         )
+        # (LM head it was made from, its oneDNN-packed copy or None), built on first use: loaders
+        # and quantization may replace the head after construction.
+        self._packed_lm_head: tuple[object, torch.Tensor | None] | None = None
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """input_ids, positions: [num_tokens] int64 -> hidden [num_tokens, hidden_size].
@@ -168,7 +171,10 @@ class LlamaForCausalLM(nn.Module):
         """hidden [rows, hidden_size] -> logits [rows, vocab_size] in float32; ``None`` on
         tensor-parallel ranks other than 0 (they do not sample)."""
         lm_head = self.embed_tokens if self.lm_head is None else self.lm_head
-        return lm_head_logits(hidden, lm_head, self.config.vocab_size, self.tp_group)
+        if self._packed_lm_head is None or self._packed_lm_head[0] is not lm_head:
+            self._packed_lm_head = (lm_head, pack_lm_head(lm_head))
+        packed = self._packed_lm_head[1]
+        return lm_head_logits(hidden, lm_head, self.config.vocab_size, self.tp_group, packed)
 
     def prepare_for_inference(self) -> None:
         """Called once after the weights are loaded: store linear weights as [in, out]."""
