@@ -30,8 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kaon import __version__
 from kaon.config import options_from_cli
-from kaon.engine.async_llm import AsyncLLM
-from kaon.engine.llm_engine import LLMEngine
+from kaon.engine.async_llm import AsyncLLM, load_engine_off_main_thread
 from kaon.entrypoints.openai import serving_tokenization
 from kaon.entrypoints.openai.cli_args import validate_server_args
 from kaon.entrypoints.openai.protocol import (
@@ -256,7 +255,7 @@ def run_server(args: argparse.Namespace) -> int:
 
         return run_router(args, options)
     _check_port_free(args.host, args.port)  # fail in a second, not after the model loads
-    engine = LLMEngine.from_options(**options)
+    engine = load_engine_off_main_thread(**options)  # keeps the main thread free of OpenMP
     names = args.served_model_name or [engine.model_name]
     stat_logger = PrometheusStatLogger(names[0])
     async_llm = AsyncLLM(engine, args.max_waiting_requests, stat_logger)
