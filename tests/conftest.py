@@ -86,6 +86,58 @@ def llm():
     return LLM(**ENGINE_TEST_OPTIONS)
 
 
+@pytest.fixture(scope="module")
+def reference_llm():
+    """A fresh engine with the shared one's options, for comparisons against another
+    implementation (transformers, tensor parallelism, the CLI in a subprocess): its numbers do
+    not depend on what the tests before it ran."""
+    from kaon import LLM
+
+    engine = LLM(**ENGINE_TEST_OPTIONS)
+    yield engine
+    engine.close()
+
+
+def model_tensors(llm) -> dict[str, object]:
+    """The parameters and buffers (RoPE tables included) of ``llm``'s model, by name."""
+    import itertools
+
+    model = llm.engine.executor.model_runner.model
+    return dict(itertools.chain(model.named_parameters(), model.named_buffers()))
+
+
+@pytest.fixture(scope="session")
+def _shared_engine_snapshot(llm) -> dict[str, object]:
+    """A copy of the shared engine's model tensors as first loaded (about 0.5 GB)."""
+    return {name: tensor.detach().clone() for name, tensor in model_tensors(llm).items()}
+
+
+@pytest.fixture(autouse=True)
+def _shared_engine_weights_unchanged(request):
+    """A test that uses the shared ``llm`` must leave its model tensors bit for bit as loaded:
+    serving requests never writes to the weights. A change fails the test that made it, says
+    where, and is undone so that the tests after it are not affected."""
+    if "llm" not in request.fixturenames:
+        yield
+        return
+    import torch
+
+    llm = request.getfixturevalue("llm")
+    snapshot = request.getfixturevalue("_shared_engine_snapshot")
+    yield
+    changed = []
+    for name, tensor in model_tensors(llm).items():
+        original = snapshot[name]
+        if not torch.equal(tensor, original):
+            differs = tensor != original
+            first = [int(i) for i in differs.nonzero()[0]]
+            delta = (tensor - original).abs().max().item()
+            changed.append(f"{name}: {int(differs.sum())} elements, first at {first}, max {delta}")
+            with torch.no_grad():
+                tensor.copy_(original)
+    assert not changed, "the test changed the shared engine's model tensors: " + "; ".join(changed)
+
+
 def assert_all_blocks_free(llm) -> None:
     """Every KV cache block is back in the pool and no request is left anywhere."""
     engine = llm.engine

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from kaon.config import EngineConfig
 from kaon.core.kv_cache_manager import KVCacheManager
@@ -19,6 +20,9 @@ from kaon.outputs import RequestOutput
 from kaon.request import Request, RequestStatus
 from kaon.sampling_params import SamplingParams
 from kaon.worker.kv_cache import bytes_per_block
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger("kaon")
 
@@ -177,6 +181,33 @@ class LLMEngine:
 
     def stats(self) -> SchedulerStats:
         return self.scheduler.stats()
+
+    def prompt_logits(self, token_ids: list[int]) -> torch.Tensor:
+        """Logits of one whole-prompt prefill: [len(token_ids), vocab_size] float32 on the CPU.
+
+        For reference checks (against transformers, between tensor-parallel sizes, perplexity):
+        the prompt runs alone, outside the scheduler, over KV cache blocks taken from the free
+        pool (their prefix-cache entries evicted) and given back afterwards, so cached prefixes
+        of other requests are never overwritten. Call it between steps, not during one.
+
+        Raises:
+            ValueError: empty ``token_ids``, more than ``max_model_len`` tokens, or fewer free
+                KV cache blocks than the prompt needs.
+        """
+        if not token_ids:
+            raise ValueError("token_ids must not be empty")
+        if len(token_ids) > self.max_model_len:
+            raise ValueError(
+                f"token_ids has {len(token_ids)} tokens; max_model_len is {self.max_model_len}"
+            )
+        pool = self.kv_cache_manager.block_pool
+        num_blocks = -(-len(token_ids) // self.config.cache_config.block_size)
+        blocks = pool.get_new_blocks(num_blocks)
+        try:
+            block_ids = [block.block_id for block in blocks]
+            return self.executor.collective_rpc("prompt_logits", list(token_ids), block_ids)
+        finally:
+            pool.free_blocks(blocks)
 
     def shutdown(self) -> None:
         """Stop the executor's worker ranks (tensor parallelism); idempotent. The engine cannot

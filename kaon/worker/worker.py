@@ -88,13 +88,13 @@ class Worker:
         return self.model_runner.execute_model(scheduler_output)
 
     @torch.inference_mode()
-    def prompt_logits(self, token_ids: list[int]) -> torch.Tensor | None:
+    def prompt_logits(self, token_ids: list[int], block_ids: list[int]) -> torch.Tensor | None:
         """Logits of one whole-prompt prefill, [len(token_ids), vocab] float32 (``None`` on
-        ranks other than 0). Writes KV cache blocks 0.. : call it only on an idle engine."""
+        ranks other than 0). Its K/V go to ``block_ids``, blocks the engine took from the pool
+        for it (``LLMEngine.prompt_logits``)."""
         assert self.model_runner is not None, "initialize_cache first"
         block_size = self.model_runner.block_size
-        num_blocks = -(-len(token_ids) // block_size)
-        scheduled = ScheduledRequest("prompt-logits", token_ids, 0, list(range(num_blocks)), True)
+        scheduled = ScheduledRequest("prompt-logits", token_ids, 0, block_ids, True)
         batch = InputBatch.build([scheduled], block_size, self.device)
         model = self.model_runner.model
         with forward_context(batch.attention):

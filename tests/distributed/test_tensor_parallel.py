@@ -35,9 +35,15 @@ def tp2():
     llm.close()
 
 
-def test_greedy_outputs_equal_tp1(llm, tp2):
+@pytest.fixture(scope="module")
+def tp1(reference_llm):
+    """The same model on one rank, fresh for this module."""
+    return reference_llm
+
+
+def test_greedy_outputs_equal_tp1(tp1, tp2):
     params = SamplingParams(temperature=0, max_tokens=24, min_tokens=24)
-    expected = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, params, use_tqdm=False)]
+    expected = [o.outputs[0].token_ids for o in tp1.generate(PROMPTS, params, use_tqdm=False)]
     outputs = tp2.generate(PROMPTS, params, use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outputs] == expected
     assert all(len(ids) == 24 for ids in expected)
@@ -45,17 +51,17 @@ def test_greedy_outputs_equal_tp1(llm, tp2):
 
 
 @pytest.mark.parametrize("prompt", PROMPTS[:2])
-def test_first_forward_logits_within_1e_4_of_tp1(llm, tp2, prompt):
-    token_ids = llm.tokenizer.encode(prompt)
-    expected = llm.engine.executor.collective_rpc("prompt_logits", token_ids)
-    logits = tp2.engine.executor.collective_rpc("prompt_logits", token_ids)
+def test_first_forward_logits_within_1e_4_of_tp1(tp1, tp2, prompt):
+    token_ids = tp1.tokenizer.encode(prompt)
+    expected = tp1.engine.prompt_logits(token_ids)
+    logits = tp2.engine.prompt_logits(token_ids)
     assert logits.dtype == torch.float32 and logits.shape == (len(token_ids), 49152)
     assert (logits - expected).abs().max().item() <= 1e-4
 
 
-def test_logprobs_and_prompt_logprobs_match_tp1(llm, tp2):
+def test_logprobs_and_prompt_logprobs_match_tp1(tp1, tp2):
     params = SamplingParams(temperature=0, max_tokens=4, logprobs=2, prompt_logprobs=1)
-    (expected,) = llm.generate(PROMPTS[:1], params, use_tqdm=False)
+    (expected,) = tp1.generate(PROMPTS[:1], params, use_tqdm=False)
     (output,) = tp2.generate(PROMPTS[:1], params, use_tqdm=False)
     assert output.outputs[0].token_ids == expected.outputs[0].token_ids
     for ours, theirs in [(output.prompt_logprobs[1:], expected.prompt_logprobs[1:]),
@@ -67,9 +73,9 @@ def test_logprobs_and_prompt_logprobs_match_tp1(llm, tp2):
                 assert abs(logprob.logprob - reference[token_id].logprob) <= 1e-4
 
 
-def test_rank0_holds_only_its_shard(llm, tp2):
+def test_rank0_holds_only_its_shard(tp1, tp2):
     model = tp2.engine.executor.model_runner.model
-    full = llm.engine.executor.model_runner.model
+    full = tp1.engine.executor.model_runner.model
     attention, mlp = model.layers[0].self_attn, model.layers[0].mlp
     assert (attention.num_heads, attention.num_kv_heads) == (6, 2)
     assert attention.qkv_proj.shape == (576, (6 + 2 + 2) * 64)  # stored [in, out]

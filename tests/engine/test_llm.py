@@ -243,3 +243,46 @@ def test_non_finite_logits_never_give_nan():
     assert all(0 <= token < 4 for token in output.sampled_token_ids.tolist())
     assert output.sampled_token_ids[2].item() == 1
     assert all(math.isfinite(value) for value in output.logprobs.flatten().tolist())
+
+
+def test_prompt_logits_leave_cached_prefixes_intact():
+    """LLMEngine.prompt_logits takes its KV blocks from the free pool and gives them back: the
+    blocks of a prefix cached before it keep their K/V (a fresh engine hands out blocks 0, 1, ..
+    first, the ones a scratch prefill at blocks 0.. would overwrite) and are hit afterwards."""
+    from kaon import LLM
+    from tests.conftest import ENGINE_TEST_OPTIONS
+
+    llm = LLM(**ENGINE_TEST_OPTIONS)
+    engine = llm.engine
+    block_size = engine.config.cache_config.block_size
+    prompt = "Once upon a time, in a small village by the sea, there lived an old fisherman. " * 2
+    params = SamplingParams(temperature=0, max_tokens=8)
+    (first,) = llm.generate([prompt], params, use_tqdm=False)
+    num_cached = (len(first.prompt_token_ids) - 1) // block_size
+    assert num_cached >= 2
+    cached = [
+        block.block_id
+        for block in engine.kv_cache_manager.block_pool.blocks
+        if block.block_hash is not None
+    ]
+    assert set(range(num_cached)) <= set(cached)
+    attention = engine.executor.model_runner.model.layers[0].self_attn
+    keys_before = attention.key_cache[cached].clone()
+    free_before = engine.kv_cache_manager.num_free_blocks
+
+    other = llm.tokenizer.encode("def fibonacci(n): return n if n < 2 else fib(n - 1) " * 8)
+    logits = engine.prompt_logits(other)
+    assert logits.shape == (len(other), engine.arch_config.vocab_size)
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    assert engine.kv_cache_manager.num_free_blocks == free_before
+    assert torch.equal(attention.key_cache[cached], keys_before)
+
+    hits_before = engine.kv_cache_manager.block_pool.num_hit_blocks
+    (second,) = llm.generate([prompt], params, use_tqdm=False)
+    assert engine.kv_cache_manager.block_pool.num_hit_blocks - hits_before == num_cached
+    assert second.outputs[0].token_ids == first.outputs[0].token_ids
+    assert_all_blocks_free(llm)
+    with pytest.raises(ValueError, match="token_ids"):
+        engine.prompt_logits([])
+    with pytest.raises(ValueError, match="max_model_len"):
+        engine.prompt_logits([1] * (engine.max_model_len + 1))

@@ -9,10 +9,7 @@ import os
 import pytest
 import torch
 
-from kaon.attention.metadata import forward_context
-from kaon.outputs import ScheduledRequest
 from kaon.sampling_params import SamplingParams
-from kaon.worker.input_batch import InputBatch
 
 PROMPTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -35,20 +32,13 @@ def hf_model(default_gguf_path):
 
 def kaon_logits(llm, token_ids: list[int]) -> torch.Tensor:
     """One whole-prompt prefill through kaon's model and paged attention: [len, vocab]."""
-    runner = llm.engine.executor.model_runner
-    block_size = runner.block_size
-    num_blocks = -(-len(token_ids) // block_size)
-    scheduled = ScheduledRequest("reference", token_ids, 0, list(range(num_blocks)), True)
-    batch = InputBatch.build([scheduled], block_size, runner.device)
-    with torch.inference_mode(), forward_context(batch.attention):
-        hidden = runner.model(batch.input_ids, batch.positions)
-        return runner.model.compute_logits(hidden)
+    return llm.engine.prompt_logits(token_ids)
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_first_forward_logits_match_transformers(llm, hf_model, prompt):
-    token_ids = llm.tokenizer.encode(prompt)
-    ours = kaon_logits(llm, token_ids)
+def test_first_forward_logits_match_transformers(reference_llm, hf_model, prompt):
+    token_ids = reference_llm.tokenizer.encode(prompt)
+    ours = kaon_logits(reference_llm, token_ids)
     with torch.no_grad():
         reference = hf_model(torch.tensor([token_ids])).logits[0].float()
     assert ours.shape == reference.shape == (len(token_ids), 49152)

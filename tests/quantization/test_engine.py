@@ -133,7 +133,7 @@ def test_bad_values_name_the_field(options: dict, field: str) -> None:
         LLM(**options)
 
 
-def test_perplexity_cli(llm, tmp_path) -> None:
+def test_perplexity_cli(reference_llm, tmp_path) -> None:
     """``kaon eval perplexity`` prints the figures evaluate_perplexity computes in-process."""
     import os
     import subprocess
@@ -147,8 +147,8 @@ def test_perplexity_cli(llm, tmp_path) -> None:
         command, capture_output=True, text=True, timeout=600, env=dict(os.environ), check=True
     )
     lines = dict(line.split(":", 1) for line in result.stdout.splitlines() if ":" in line)
-    ids = llm.tokenizer.encode(TEXT, add_special_tokens=False)
-    expected = evaluate_perplexity(llm, ids, 32, 16)
+    ids = reference_llm.tokenizer.encode(TEXT, add_special_tokens=False)
+    expected = evaluate_perplexity(reference_llm, ids, 32, 16)
     assert int(lines["tokens evaluated"]) == expected.num_tokens == len(ids) - 1
     assert float(lines["perplexity"]) == pytest.approx(expected.perplexity, abs=2e-3)
     assert "tokens/s" in lines["throughput"]
