@@ -11,7 +11,7 @@ import logging
 import sys
 
 from kaon import envs
-from kaon.config import add_cli_args, options_from_cli
+from kaon.config import add_cli_args, options_from_cli, single_engine_options
 
 
 def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +61,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_chat(args: argparse.Namespace) -> int:
     from kaon.entrypoints.chat import run_chat
 
-    return run_chat(options_from_cli(args), _sampling_params(args), args.system)
+    options = single_engine_options(args, "kaon chat")
+    return run_chat(options, _sampling_params(args), args.system)
 
 
 def build_parser() -> argparse.ArgumentParser:

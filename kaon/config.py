@@ -199,3 +199,21 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
 def options_from_cli(namespace: argparse.Namespace) -> dict[str, Any]:
     """Collect the engine options from parsed CLI arguments."""
     return {name: getattr(namespace, name) for name in option_names() if hasattr(namespace, name)}
+
+
+def single_engine_options(namespace: argparse.Namespace, command: str) -> dict[str, Any]:
+    """``options_from_cli`` for a command that steps or inspects one engine in this process
+    (``kaon chat``, ``kaon bench latency|throughput``, ``kaon eval generate|choice``).
+
+    Raises:
+        ValueError: naming ``data_parallel_size`` when it asks for more than one replica.
+    """
+    options = options_from_cli(namespace)
+    replicas = options.get("data_parallel_size") or 1
+    if replicas != 1:
+        raise ValueError(
+            f"data_parallel_size must be 1 for {command}, which runs one engine in this process "
+            f"(got {replicas}); replicas serve with 'kaon serve --data-parallel-size N' (measured "
+            "by 'kaon bench serve') and generate offline with 'kaon generate' and 'kaon batch'"
+        )
+    return options

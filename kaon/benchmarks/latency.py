@@ -28,7 +28,7 @@ from kaon.benchmarks.common import (
     summarize,
     write_json,
 )
-from kaon.config import options_from_cli
+from kaon.config import single_engine_options
 
 NUM_MATCH_TOKENS = 16  # leading greedy tokens compared between kaon and transformers
 SERIES = (("ttft", "TTFT (s)"), ("tpot", "TPOT (s/token)"), ("e2e", "end-to-end (s)"))
@@ -72,7 +72,7 @@ def run_latency(args: argparse.Namespace) -> int:
     from kaon.layers.quantization import weight_bytes  # parameters and quantized buffers
 
     _validate(args)
-    llm = LLM(**options_from_cli(args))
+    llm = LLM(**single_engine_options(args, "kaon bench latency"))
     engine = llm.engine
     model_path, tokenizer = engine.model_path, engine.tokenizer
     # A fresh prompt per iteration: a repeated one would be served from the prefix cache.

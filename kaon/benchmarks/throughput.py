@@ -29,7 +29,7 @@ from kaon.benchmarks.common import (
     summarize,
     write_json,
 )
-from kaon.config import options_from_cli
+from kaon.config import single_engine_options
 
 NUM_MATCH_TOKENS = 16  # leading greedy tokens compared between kaon and transformers
 NUM_WARMUP_PROMPTS = 4
@@ -115,7 +115,7 @@ def run_throughput(args: argparse.Namespace) -> int:
     from kaon.entrypoints.llm import LLM
 
     _validate(args)
-    llm = LLM(**options_from_cli(args))
+    llm = LLM(**single_engine_options(args, "kaon bench throughput"))
     model_path = llm.engine.model_path
     prompts = _prompts(args, llm.engine.tokenizer)
     kaon, kaon_token_ids = _run_kaon(llm.engine, prompts, args)

@@ -114,7 +114,7 @@ def accuracy(items: list[dict[str, Any]], scores: list[list[float]]) -> dict[str
 
 def run_choice(args: argparse.Namespace) -> int:
     """Handler of ``kaon eval choice``; returns the exit code."""
-    from kaon.config import options_from_cli
+    from kaon.config import single_engine_options
     from kaon.entrypoints.llm import LLM
     from kaon.sampling_params import SamplingParams
 
@@ -122,7 +122,7 @@ def run_choice(args: argparse.Namespace) -> int:
         raise ValueError("--limit must be >= 1")
     path = args.data or packaged_data(DEFAULT_DATA)
     items = parse_items(read_jsonl(path, args.limit), path)
-    llm = LLM(**options_from_cli(args))
+    llm = LLM(**single_engine_options(args, "kaon eval choice"))
     engine = llm.engine
     requests = [
         split_tokens(engine.tokenizer, context(item), " " + choice)

@@ -93,7 +93,7 @@ def score(predictions: list[str], items: list[dict[str, Any]]) -> dict[str, Any]
 
 def run_generate(args: argparse.Namespace) -> int:
     """Handler of ``kaon eval generate``; returns the exit code."""
-    from kaon.config import options_from_cli
+    from kaon.config import single_engine_options
     from kaon.entrypoints.llm import LLM
     from kaon.sampling_params import SamplingParams
 
@@ -101,7 +101,7 @@ def run_generate(args: argparse.Namespace) -> int:
         raise ValueError("--max-tokens and --limit must be >= 1")
     path = args.data or packaged_data(DEFAULT_DATA)
     items = parse_items(read_jsonl(path, args.limit), path)
-    llm = LLM(**options_from_cli(args))
+    llm = LLM(**single_engine_options(args, "kaon eval generate"))
     engine = llm.engine
     prompts = [_prompt(item, engine.tokenizer, args.chat_template) for item in items]
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)

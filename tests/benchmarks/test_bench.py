@@ -79,6 +79,25 @@ def test_bad_size_is_an_error_before_loading() -> None:
     assert main(["bench", "latency", "--output-len", "1"]) == 2
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bench", "latency"],
+        ["bench", "throughput"],
+        ["eval", "generate"],
+        ["eval", "choice"],
+        ["chat"],
+    ],  # fmt: skip
+)
+def test_one_engine_commands_refuse_data_parallel_before_loading(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*argv, "--data-parallel-size", "2"]) == 2
+    error = capsys.readouterr().err
+    assert f"data_parallel_size must be 1 for kaon {' '.join(argv)}" in error
+    assert "kaon serve --data-parallel-size N" in error
+
+
 def test_throughput_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "throughput.json"
     argv = ["bench", "throughput", "--num-prompts", "4", "--input-len", "8", "--output-len", "4"]
