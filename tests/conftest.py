@@ -78,12 +78,20 @@ def tiny_spm_fields() -> dict[str, object]:
 ENGINE_TEST_OPTIONS = {"kv_cache_memory_bytes": 200_000_000, "max_model_len": 2048}
 
 
+# A copy of the shared engine's model tensors as loaded (about 0.5 GB), taken by ``llm``.
+_shared_engine_snapshot: dict[str, object] = {}
+
+
 @pytest.fixture(scope="session")
 def llm():
     """The default model in float32 with a 200 MB KV cache (about 4,300 tokens)."""
     from kaon import LLM
 
-    return LLM(**ENGINE_TEST_OPTIONS)
+    engine = LLM(**ENGINE_TEST_OPTIONS)
+    _shared_engine_snapshot.update(
+        (name, tensor.detach().clone()) for name, tensor in model_tensors(engine).items()
+    )
+    return engine
 
 
 @pytest.fixture(scope="module")
@@ -106,28 +114,22 @@ def model_tensors(llm) -> dict[str, object]:
     return dict(itertools.chain(model.named_parameters(), model.named_buffers()))
 
 
-@pytest.fixture(scope="session")
-def _shared_engine_snapshot(llm) -> dict[str, object]:
-    """A copy of the shared engine's model tensors as first loaded (about 0.5 GB)."""
-    return {name: tensor.detach().clone() for name, tensor in model_tensors(llm).items()}
-
-
 @pytest.fixture(autouse=True)
 def _shared_engine_weights_unchanged(request):
     """A test that uses the shared ``llm`` must leave its model tensors bit for bit as loaded:
-    serving requests never writes to the weights. A change fails the test that made it, says
-    where, and is undone so that the tests after it are not affected."""
+    serving requests never writes to the weights. A change fails the first test to see it (the
+    one that made it, or the first after a module fixture that did), says where, and is undone
+    so that the tests after it are not affected."""
     if "llm" not in request.fixturenames:
         yield
         return
     import torch
 
     llm = request.getfixturevalue("llm")
-    snapshot = request.getfixturevalue("_shared_engine_snapshot")
     yield
     changed = []
     for name, tensor in model_tensors(llm).items():
-        original = snapshot[name]
+        original = _shared_engine_snapshot[name]
         if not torch.equal(tensor, original):
             differs = tensor != original
             first = [int(i) for i in differs.nonzero()[0]]

@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from kaon.config import EngineConfig
-from kaon.core.kv_cache_manager import KVCacheManager
+from kaon.core.kv_cache_manager import KVCacheManager, cdiv
 from kaon.core.scheduler import Scheduler, SchedulerStats
 from kaon.device import resolve_device, resolve_dtype, resolve_kv_cache_dtype
 from kaon.engine.input_processor import InputProcessor, PromptType
@@ -183,7 +183,8 @@ class LLMEngine:
         return self.scheduler.stats()
 
     def prompt_logits(self, token_ids: list[int]) -> torch.Tensor:
-        """Logits of one whole-prompt prefill: [len(token_ids), vocab_size] float32 on the CPU.
+        """Logits of one whole-prompt prefill: [len(token_ids), vocab_size] float32, on the engine's
+        device.
 
         For reference checks (against transformers, between tensor-parallel sizes, perplexity):
         the prompt runs alone, outside the scheduler, over KV cache blocks taken from the free
@@ -201,7 +202,7 @@ class LLMEngine:
                 f"token_ids has {len(token_ids)} tokens; max_model_len is {self.max_model_len}"
             )
         pool = self.kv_cache_manager.block_pool
-        num_blocks = -(-len(token_ids) // self.config.cache_config.block_size)
+        num_blocks = cdiv(len(token_ids), self.config.cache_config.block_size)
         blocks = pool.get_new_blocks(num_blocks)
         try:
             block_ids = [block.block_id for block in blocks]
