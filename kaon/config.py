@@ -210,7 +210,7 @@ def single_engine_options(namespace: argparse.Namespace, command: str) -> dict[s
     """
     options = options_from_cli(namespace)
     replicas = options.get("data_parallel_size") or 1
-    if replicas != 1:
+    if replicas > 1:  # 0 and negatives fail EngineConfig's own check
         raise ValueError(
             f"data_parallel_size must be 1 for {command}, which runs one engine in this process "
             f"(got {replicas}); replicas serve with 'kaon serve --data-parallel-size N' (measured "

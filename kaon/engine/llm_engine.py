@@ -192,11 +192,17 @@ class LLMEngine:
         of other requests are never overwritten. Call it between steps, not during one.
 
         Raises:
-            ValueError: empty ``token_ids``, more than ``max_model_len`` tokens, or fewer free
-                KV cache blocks than the prompt needs.
+            ValueError: empty ``token_ids``, an id that is not an int in [0, vocab_size), more
+                than ``max_model_len`` tokens, or fewer free KV cache blocks than the prompt needs.
         """
         if not token_ids:
             raise ValueError("token_ids must not be empty")
+        vocab_size = self.arch_config.vocab_size
+        for index, token_id in enumerate(token_ids):
+            if isinstance(token_id, bool) or not isinstance(token_id, int):
+                raise ValueError(f"token_ids[{index}] must be an int, got {token_id!r}")
+            if not 0 <= token_id < vocab_size:
+                raise ValueError(f"token_ids[{index}] = {token_id} is outside [0, {vocab_size})")
         if len(token_ids) > self.max_model_len:
             raise ValueError(
                 f"token_ids has {len(token_ids)} tokens; max_model_len is {self.max_model_len}"

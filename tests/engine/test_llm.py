@@ -286,3 +286,10 @@ def test_prompt_logits_leave_cached_prefixes_intact():
         engine.prompt_logits([])
     with pytest.raises(ValueError, match="max_model_len"):
         engine.prompt_logits([1] * (engine.max_model_len + 1))
+    with pytest.raises(ValueError, match=r"token_ids\[1\] = 49152 is outside \[0, 49152\)"):
+        engine.prompt_logits([1, 49152])
+    with pytest.raises(ValueError, match=r"token_ids\[0\] = -1"):
+        engine.prompt_logits([-1])
+    with pytest.raises(ValueError, match=r"token_ids\[2\] must be an int"):
+        engine.prompt_logits([1, 2, "a"])
+    assert engine.kv_cache_manager.num_free_blocks == free_before
