@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from kaon import envs
-from kaon.config import add_cli_args, options_from_cli, single_engine_options
+from kaon.config import EngineConfig, add_cli_args, options_from_cli, single_engine_options
+
+# Nothing here imports torch or the engine at module level: `kaon --help` and argument errors
+# answer in well under a second; each handler imports what it runs.
 
 
 def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
@@ -42,9 +46,9 @@ def _sampling_params(args: argparse.Namespace):
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    params = _sampling_params(args)  # bad sampling flags fail before torch and the model load
     from kaon.entrypoints.llm import LLM
 
-    params = _sampling_params(args)  # bad sampling flags fail before the model loads
     llm = LLM(**options_from_cli(args))
     if args.chat_template:
         conversations = [[{"role": "user", "content": prompt}] for prompt in args.prompts]
@@ -59,10 +63,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
+    options = single_engine_options(args, "kaon chat")
+    params = _sampling_params(args)
     from kaon.entrypoints.chat import run_chat
 
-    options = single_engine_options(args, "kaon chat")
-    return run_chat(options, _sampling_params(args), args.system)
+    return run_chat(options, params, args.system)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +128,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return run_server(args)
 
 
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Errors a command would hit only after importing torch and loading the model: engine
+    option ranges, a model path that does not exist, missing optional packages.
+
+    Raises:
+        ValueError: naming the option (or the package and its install command).
+        FileNotFoundError: naming the model path.
+    """
+    if hasattr(args, "max_num_seqs"):  # the command takes engine options
+        EngineConfig.from_options(**options_from_cli(args))
+    model = getattr(args, "model", None)
+    if model is not None and not os.path.exists(model):
+        raise FileNotFoundError(f"model path {model} does not exist")
+    check = getattr(args, "check_dependencies", None)
+    if check is not None:
+        check(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -135,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        _check_arguments(args)
         return args.handler(args)
     except (ValueError, FileNotFoundError) as error:
         print(f"kaon: error: {error}", file=sys.stderr)

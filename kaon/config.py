@@ -43,10 +43,12 @@ class CacheConfig:
 
     block_size: int = _opt(16, "tokens per KV cache block")
     kv_cache_memory_bytes: int | None = _opt(
-        None, "KV cache size in bytes, e.g. 500M or 2G (overrides --kv-cache-memory-fraction)"
+        None,
+        "KV cache size in bytes, e.g. 500M or 2G (default: max_model_len tokens for "
+        "min(max_num_seqs, 4) sequences, at most 4 GiB and 25%% of total memory)",
     )
-    kv_cache_memory_fraction: float = _opt(
-        0.1, "fraction of free device memory (RAM on CPU) for the KV cache when no byte size is set"
+    kv_cache_memory_fraction: float | None = _opt(
+        None, "fraction of total device memory (RAM on CPU) for the KV cache, instead of a size"
     )
     enable_prefix_caching: bool = _opt(True, "reuse the KV of shared prompt prefixes")
     kv_cache_dtype: str = _opt(
@@ -135,12 +137,22 @@ class EngineConfig:
         if self.cache_config.kv_cache_memory_bytes is not None:
             _positive("kv_cache_memory_bytes", self.cache_config.kv_cache_memory_bytes)
         fraction = self.cache_config.kv_cache_memory_fraction
-        if not 0.0 < fraction <= 1.0:
+        if fraction is not None and not 0.0 < fraction <= 1.0:
             raise ValueError(f"kv_cache_memory_fraction must be in (0, 1], got {fraction}")
         if self.parallel_config.num_threads is not None:
             _positive("num_threads", self.parallel_config.num_threads)
         _positive("data_parallel_size", self.parallel_config.data_parallel_size)
         _positive("tensor_parallel_size", self.parallel_config.tensor_parallel_size)
+
+
+def describe_quantization(quantization: str, group_size: int, dtype: object) -> str:
+    """The weights' format for the load log: ``int4 weights (group 32)``, ``int8 weights (per
+    output channel)``, or ``unquantized torch.float32 weights`` (``dtype``: the activations')."""
+    if quantization == "int4":
+        return f"int4 weights (group {group_size})"
+    if quantization == "int8":
+        return "int8 weights (per output channel)"
+    return f"unquantized {dtype} weights"
 
 
 def _positive(name: str, value: object) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -37,6 +39,21 @@ def resolve_kv_cache_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
     if name not in ("bfloat16", "float32"):
         raise ValueError(f"kv_cache_dtype must be auto, bfloat16 or float32; got {name!r}")
     return _DTYPES[name]
+
+
+def total_memory_bytes(device: torch.device) -> int:
+    """Total memory of the device in bytes (MemTotal from /proc/meminfo on CPU): unlike free
+    memory, it does not depend on what else the machine is doing."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
 def available_memory_bytes(device: torch.device) -> int:

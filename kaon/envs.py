@@ -14,6 +14,25 @@ def cache_dir() -> Path:
     return Path(base) / "kaon"
 
 
+def kernel_cache_dir() -> Path:
+    """KAON_KERNEL_CACHE_DIR, else <cache_dir()>/kernels: where the C++ CPU kernels are built once
+    per install (kaon.kernels.cpp_build). torch's TORCH_EXTENSIONS_DIR is not used."""
+    if value := os.environ.get("KAON_KERNEL_CACHE_DIR"):
+        return Path(value)
+    return cache_dir() / "kernels"
+
+
+def kernel_build_timeout() -> float:
+    """KAON_KERNEL_BUILD_TIMEOUT (default 300): seconds a process waits for another one building
+    the C++ kernels before it gives up and runs on torch."""
+    return float(os.environ.get("KAON_KERNEL_BUILD_TIMEOUT", "300"))
+
+
+def cxx() -> str:
+    """CXX (default c++): the C++ compiler torch's extension builder runs."""
+    return os.environ.get("CXX") or "c++"
+
+
 def log_level() -> str:
     """KAON_LOG_LEVEL (default INFO)."""
     return os.environ.get("KAON_LOG_LEVEL", "INFO").upper()

@@ -15,12 +15,11 @@ num_kv_heads x head_dim x 4 bytes per request and layer). Dot products, the expo
 V accumulation use AVX2/FMA when the build targets it: e^x by Cephes' expf polynomial (relative
 error about 1e-7), a scalar loop otherwise. Softmax is max-subtracted, in float32. A head's result
 does not depend on the other requests in the batch, nor on how heads are grouped into tasks: every
-head's arithmetic is the same sequence of operations. The kernel is compiled once by
-``torch.utils.cpp_extension.load_inline``
-and cached in the torch extensions directory (``TORCH_EXTENSIONS_DIR``, default
-``~/.cache/torch_extensions``); when the build or import fails, or ``KAON_DISABLE_CPP_ATTENTION=1``,
-``load_kernel`` returns None and callers keep the torch path, which is also the reference the tests
-compare against.
+head's arithmetic is the same sequence of operations. The kernel is compiled once per install
+(``kaon.kernels.cpp_build``) when the engine loads; when the build or import fails, or
+``KAON_DISABLE_CPP_ATTENTION=1``, ``load_kernel`` returns None and callers keep the torch path,
+which is also the reference the tests compare against. ``loaded_kernel`` (the forward pass) only
+reads what was loaded: it never compiles.
 """
 
 from __future__ import annotations
@@ -211,7 +210,8 @@ _kernel: object = _UNSET
 
 
 def load_kernel() -> Callable[..., None] | None:
-    """The compiled kernel, building it on the first call; None when disabled or unbuildable.
+    """The compiled kernel, building it if needed (at engine load, never in a request); None
+    when disabled or unbuildable.
 
     Signature: ``kernel(out, query, key_cache, value_cache, block_tables, seq_lens, scale)``,
     writes ``out`` [B, H, D] float32 (see the module docstring for the other shapes).
@@ -225,6 +225,12 @@ def load_kernel() -> Callable[..., None] | None:
             module = load_cpp_module("kaon_cpu_decode_attention", _CPP_SOURCE, [_FUNCTION])
             _kernel = None if module is None else getattr(module, _FUNCTION)
     return _kernel  # type: ignore[return-value]
+
+
+def loaded_kernel() -> Callable[..., None] | None:
+    """The kernel if ``load_kernel`` has loaded it in this process, else None (use torch)."""
+    kernel = _kernel
+    return None if kernel is _UNSET else kernel  # type: ignore[return-value]
 
 
 def supports(query: torch.Tensor, key_cache: torch.Tensor) -> bool:

@@ -88,7 +88,7 @@ def _cpu_decode_kernel(query: torch.Tensor, key_cache: torch.Tensor) -> Callable
     """The C++ decode kernel when it applies to these tensors and builds here, else None."""
     if not cpu_decode.supports(query, key_cache):
         return None
-    return cpu_decode.load_kernel()
+    return cpu_decode.loaded_kernel()
 
 
 def _gather(cache: torch.Tensor, block_ids: torch.Tensor, seq_len: int) -> torch.Tensor:

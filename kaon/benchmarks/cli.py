@@ -12,6 +12,13 @@ from collections.abc import Callable
 from kaon.benchmarks.latency import add_latency_args, run_latency
 from kaon.benchmarks.serve import add_serve_args, run_serve
 from kaon.benchmarks.throughput import add_throughput_args, run_throughput
+from kaon.dependencies import require
+
+
+def _check_dependencies(args: argparse.Namespace) -> None:
+    """Before any work: ``--compare-hf`` needs transformers (the ``hf`` extra)."""
+    if args.compare_hf:
+        require("transformers", "--compare-hf")
 
 
 def _add_output_args(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +49,7 @@ def add_bench_commands(
     add_latency_args(latency)
     latency.set_defaults(handler=run_latency)
     for parser in (throughput, latency):
+        parser.set_defaults(check_dependencies=_check_dependencies)
         _add_output_args(parser)
         add_cli_args(parser)
     serve = commands.add_parser(

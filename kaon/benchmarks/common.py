@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from tqdm import tqdm
 
 # Percentiles reported for every per-request series (TTFT, TPOT, end-to-end).
@@ -158,6 +157,8 @@ def machine_info() -> dict[str, Any]:
                     break
     except OSError:
         pass
+    import torch  # lazily: `kaon --help` must not pay torch's import
+
     usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     return {
         "cpu_model": cpu_model,
@@ -173,6 +174,8 @@ def measure_memory_bandwidth(num_bytes: int = 2**30, num_repeats: int = 5) -> fl
     """Read bandwidth in bytes/s: best of ``num_repeats`` ``torch.sum`` passes over a float32
     tensor of ``num_bytes``. A decode step reads every weight once, so this is its ceiling.
     """
+    import torch
+
     data = torch.ones(num_bytes // 4, dtype=torch.float32)
     torch.sum(data)  # first touch: page faults are not bandwidth
     best = float("inf")

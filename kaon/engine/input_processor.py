@@ -4,7 +4,37 @@ from __future__ import annotations
 
 from kaon.sampling_params import SamplingParams
 
-PromptType = str | list[int]
+# A prompt: text, token ids, or vLLM's prompt dicts {"prompt": text} / {"prompt_token_ids": ids}.
+PromptType = str | list[int] | dict
+
+
+def parse_prompt(prompt: PromptType) -> str | list[int]:
+    """The text or token ids of one prompt, unwrapping vLLM's TextPrompt / TokensPrompt dicts.
+
+    Raises:
+        ValueError: for a dict without exactly one of ``prompt`` (a string) and
+            ``prompt_token_ids`` (a list), or with another key (named in the message).
+    """
+    if not isinstance(prompt, dict):
+        return prompt
+    unknown = sorted(set(prompt) - {"prompt", "prompt_token_ids"})
+    if unknown:
+        raise ValueError(
+            f"prompt field {unknown[0]!r} is not supported (a prompt dict has 'prompt' or "
+            "'prompt_token_ids')"
+        )
+    if ("prompt" in prompt) == ("prompt_token_ids" in prompt):
+        raise ValueError("a prompt dict needs exactly one of 'prompt' and 'prompt_token_ids'")
+    if "prompt" in prompt:
+        if not isinstance(prompt["prompt"], str):
+            raise ValueError(f"prompt must be a string, got {type(prompt['prompt']).__name__}")
+        return prompt["prompt"]
+    token_ids = prompt["prompt_token_ids"]
+    if not isinstance(token_ids, list | tuple):
+        raise ValueError(
+            f"prompt_token_ids must be a list of token ids, got {type(token_ids).__name__}"
+        )
+    return list(token_ids)
 
 
 class InputProcessor:
@@ -22,8 +52,10 @@ class InputProcessor:
 
         Raises:
             ValueError: naming ``prompt`` (empty, wrong type, token id outside the vocabulary,
-                longer than max_model_len allows) or a sampling field with an out-of-vocab id.
+                longer than max_model_len allows; a bad prompt dict's field) or a sampling
+                field with an out-of-vocab id.
         """
+        prompt = parse_prompt(prompt)
         if isinstance(prompt, str):
             if not prompt:
                 raise ValueError("prompt must not be empty")

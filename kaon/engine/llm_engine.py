@@ -9,17 +9,18 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from kaon.config import EngineConfig
+from kaon.config import EngineConfig, describe_quantization
 from kaon.core.kv_cache_manager import KVCacheManager, cdiv
 from kaon.core.scheduler import Scheduler, SchedulerStats
 from kaon.device import resolve_device, resolve_dtype, resolve_kv_cache_dtype
 from kaon.engine.input_processor import InputProcessor, PromptType
 from kaon.engine.output_processor import OutputProcessor
 from kaon.executor.executor import create_executor
+from kaon.logging_setup import ensure_visible_logging
 from kaon.outputs import RequestOutput
 from kaon.request import Request, RequestStatus
 from kaon.sampling_params import SamplingParams
-from kaon.worker.kv_cache import bytes_per_block
+from kaon.worker.kv_cache import bytes_per_block, default_max_model_len
 
 if TYPE_CHECKING:
     import torch
@@ -34,6 +35,7 @@ class LLMEngine:
     """
 
     def __init__(self, config: EngineConfig) -> None:
+        ensure_visible_logging()  # load progress is INFO: visible to a Python user too
         self.config = config
         model_config = config.model_config
         self.device = resolve_device(model_config.device)
@@ -49,6 +51,7 @@ class LLMEngine:
 
     def _init_engine(self, config: EngineConfig, start: float) -> None:
         cache_config = config.cache_config
+        model_config = config.model_config
         loaded = self.executor.loaded
         self.kv_cache_dtype = resolve_kv_cache_dtype(cache_config.kv_cache_dtype, self.dtype)
         self.model_name = loaded.name
@@ -57,9 +60,11 @@ class LLMEngine:
         self.tokenizer = loaded.tokenizer
         self.generation_defaults = loaded.generation_defaults
         self.eos_token_ids = self.executor.driver.eos_token_ids
-        logger.info("loaded %s in %.1f s (%s, %s, tensor_parallel_size %d)", loaded.path,
-                    time.perf_counter() - start, self.dtype, self.device,
-                    config.parallel_config.tensor_parallel_size)  # fmt: skip
+        logger.info("loaded %s in %.1f s (%s activations, %s, %s, tensor_parallel_size %d)",
+                    loaded.path, time.perf_counter() - start, self.dtype,
+                    describe_quantization(model_config.quantization,
+                                          model_config.quantization_group_size, self.dtype),
+                    self.device, config.parallel_config.tensor_parallel_size)  # fmt: skip
         num_blocks = self.executor.num_blocks
         self.max_model_len = self._resolve_max_model_len(num_blocks * cache_config.block_size)
         self._log_kv_capacity(num_blocks)
@@ -89,7 +94,7 @@ class LLMEngine:
             raise ValueError(
                 f"max_model_len {asked} exceeds the model's context length {model_max}"
             )
-        length = asked or model_max
+        length = default_max_model_len(self.arch_config, asked)
         if length > kv_capacity_tokens:
             if asked is not None:
                 raise ValueError(

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from tqdm.auto import tqdm
 
 from kaon.config import EngineConfig
-from kaon.engine.input_processor import PromptType
+from kaon.engine.input_processor import PromptType, parse_prompt
 from kaon.engine.llm_engine import LLMEngine
 from kaon.outputs import RequestOutput
 from kaon.sampling_params import SamplingParams
@@ -81,10 +81,15 @@ class LLM:
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
     ) -> list[RequestOutput]:
-        """Generate for each prompt (a string or a list of token ids); outputs keep input order.
+        """Generate for each prompt; outputs keep input order.
+
+        A prompt is a string, a list of token ids, or one of vLLM's prompt dicts
+        ``{"prompt": "..."}`` / ``{"prompt_token_ids": [...]}``; ``prompts`` is one prompt or a
+        list of them (kinds may be mixed).
 
         Raises:
-            ValueError: for a bad prompt or sampling parameter; nothing is queued in that case.
+            ValueError: for a bad prompt (a bad dict's field is named) or sampling parameter;
+                nothing is queued in that case.
         """
         prompt_list = _as_prompt_list(prompts)
         if sampling_params is None:
@@ -135,9 +140,10 @@ class LLM:
         return [finished[request_id] for request_id in request_ids if request_id in finished]
 
 
-def _as_prompt_list(prompts: PromptType | Sequence[PromptType]) -> list[PromptType]:
-    if isinstance(prompts, str):
-        return [prompts]
+def _as_prompt_list(prompts: PromptType | Sequence[PromptType]) -> list[str | list[int]]:
+    """One prompt or a list of them -> a list of texts / token id lists (dicts unwrapped)."""
+    if isinstance(prompts, str | dict):
+        return [parse_prompt(prompts)]
     if isinstance(prompts, list | tuple) and prompts and all(isinstance(p, int) for p in prompts):
         return [list(prompts)]  # one prompt given as token ids
     if not isinstance(prompts, list | tuple):
@@ -146,7 +152,7 @@ def _as_prompt_list(prompts: PromptType | Sequence[PromptType]) -> list[PromptTy
         )
     if not prompts:
         raise ValueError("prompts must not be empty")
-    return list(prompts)  # type: ignore[arg-type]
+    return [parse_prompt(prompt) for prompt in prompts]  # type: ignore[arg-type]
 
 
 def _as_params_list(

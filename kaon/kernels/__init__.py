@@ -1,1 +1,2 @@
-"""Small C++ CPU kernels built on first use with ``torch.utils.cpp_extension.load_inline``."""
+"""Small C++ CPU kernels, built once per install with ``torch.utils.cpp_extension.load_inline``
+(``cpp_build``) when the engine loads."""

@@ -151,7 +151,8 @@ _ops: object = _UNSET
 def load_ops() -> ModuleType | None:
     """The compiled module (functions above), or None when disabled or unbuildable.
 
-    Decided once per process (the first call may compile for about a minute).
+    Decided once per process; a first build (once per install) takes about a minute, so the
+    engine calls this at load time, never in a request.
     """
     global _ops
     if _ops is _UNSET:
@@ -167,9 +168,9 @@ def ops_for(x: torch.Tensor) -> ModuleType | None:
     """The fused ops when they apply to activations like ``x`` (float32, CPU), else None.
 
     Called several times per decoder layer, so it stays cheap: ``is_cpu`` instead of building a
-    ``torch.device``, and the loaded module read without a call once decided.
+    ``torch.device``. Never compiles: before ``load_ops`` has run (at engine load) it is None.
     """
     if x.dtype != torch.float32 or not x.is_cpu:
         return None
     ops = _ops
-    return load_ops() if ops is _UNSET else ops  # type: ignore[return-value]
+    return None if ops is _UNSET else ops  # type: ignore[return-value]

@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from kaon.device import available_memory_bytes
+from kaon.device import available_memory_bytes, total_memory_bytes
 from kaon.models.architecture import ArchitectureConfig
 
 logger = logging.getLogger(__name__)
@@ -18,27 +18,86 @@ def bytes_per_block(config: ArchitectureConfig, block_size: int, dtype: torch.dt
     return block_size * config.kv_bytes_per_token * element_size
 
 
+# The default KV cache (no kv_cache_memory_bytes / kv_cache_memory_fraction): room for this many
+# full-length sequences (fewer if max_num_seqs is lower), bounded by a fixed cap (as vLLM's CPU
+# backend's fixed 4 GiB KV cache space) and a fraction of TOTAL memory, so that a user's context
+# length never depends on what else the machine was doing when the engine started.
+DEFAULT_KV_CACHE_SEQS = 4
+DEFAULT_KV_CACHE_CAP_BYTES = 4 * 1024**3
+DEFAULT_KV_CACHE_TOTAL_FRACTION = 0.25
+DEFAULT_MAX_MODEL_LEN_CAP = 8192  # tokens, when max_model_len is not set
+_FLAGS = "--kv-cache-memory-bytes, --max-model-len or --max-num-seqs"
+
+
+def default_max_model_len(config: ArchitectureConfig, asked: int | None) -> int:
+    """``asked`` if set, else the model's context length capped at 8192 tokens."""
+    return asked or min(config.max_position_embeddings, DEFAULT_MAX_MODEL_LEN_CAP)
+
+
+def kv_cache_budget_bytes(
+    config: ArchitectureConfig,
+    block_size: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    max_model_len: int,
+    max_num_seqs: int,
+    memory_fraction: float | None = None,
+) -> int:
+    """The default KV cache size in bytes (see ``DEFAULT_KV_CACHE_*``); with
+    ``memory_fraction``, that fraction of the device's total memory.
+
+    Raises:
+        ValueError: naming the flags when one ``max_model_len`` sequence alone exceeds the bound.
+    """
+    total = total_memory_bytes(device)
+    if memory_fraction is not None:
+        return int(total * memory_fraction)
+    per_sequence = -(-max_model_len // block_size) * bytes_per_block(config, block_size, dtype)
+    bound = min(DEFAULT_KV_CACHE_CAP_BYTES, int(total * DEFAULT_KV_CACHE_TOTAL_FRACTION))
+    if per_sequence > bound:
+        raise ValueError(
+            f"one sequence of max_model_len {max_model_len} tokens needs "
+            f"{per_sequence / 2**20:.0f} MiB of KV cache, more than the default bound of "
+            f"{bound / 2**20:.0f} MiB (the smaller of 4 GiB and 25% of total memory): lower "
+            "--max-model-len, or set --kv-cache-memory-bytes"
+        )
+    return min(per_sequence * min(max_num_seqs, DEFAULT_KV_CACHE_SEQS), bound)
+
+
 def num_blocks_for_budget(
     config: ArchitectureConfig,
     block_size: int,
     dtype: torch.dtype,
     device: torch.device,
     memory_bytes: int | None,
-    memory_fraction: float,
+    memory_fraction: float | None = None,
+    max_model_len: int | None = None,
+    max_num_seqs: int = DEFAULT_KV_CACHE_SEQS,
 ) -> int:
-    """Blocks that fit in ``memory_bytes`` (or ``memory_fraction`` of free memory).
+    """KV cache blocks that fit ``memory_bytes``, else the default budget
+    (``kv_cache_budget_bytes`` for ``max_model_len``, default: the model's, at most 8192).
 
     Raises:
-        ValueError: naming ``kv_cache_memory_bytes`` when the budget holds no block.
+        ValueError: naming the flags when the budget holds no block or exceeds the memory
+            available now.
     """
     budget = memory_bytes
     if budget is None:
-        budget = int(available_memory_bytes(device) * memory_fraction)
+        length = default_max_model_len(config, max_model_len)
+        budget = kv_cache_budget_bytes(
+            config, block_size, dtype, device, length, max_num_seqs, memory_fraction
+        )
     per_block = bytes_per_block(config, block_size, dtype)
     num_blocks = budget // per_block
     if num_blocks < 1:
         raise ValueError(
             f"kv_cache_memory_bytes {budget} is smaller than one KV cache block ({per_block} bytes)"
+        )
+    available = available_memory_bytes(device)
+    if budget > available:
+        raise ValueError(
+            f"the KV cache needs {budget / 2**20:.0f} MiB but only {available / 2**20:.0f} MiB of "
+            f"memory is available: set {_FLAGS} lower"
         )
     return int(num_blocks)
 

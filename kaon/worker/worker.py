@@ -13,11 +13,13 @@ import time
 import torch
 
 from kaon.attention.metadata import forward_context
-from kaon.config import EngineConfig
+from kaon.config import EngineConfig, describe_quantization
 from kaon.device import resolve_device, resolve_dtype, resolve_kv_cache_dtype
 from kaon.distributed.communication import TensorParallelGroup
+from kaon.layers.quantization import weight_bytes
 from kaon.models.loader import load_model
 from kaon.outputs import ScheduledRequest, SchedulerOutput
+from kaon.worker.cpu_kernels import load_cpu_kernels
 from kaon.worker.input_batch import InputBatch
 from kaon.worker.kv_cache import allocate_kv_cache, num_blocks_for_budget
 from kaon.worker.model_runner import ModelRunner
@@ -48,6 +50,8 @@ class Worker:
             torch.cuda.set_device(self.device)
         self.dtype = resolve_dtype(model_config.dtype, self.device)
         self.kv_cache_dtype = resolve_kv_cache_dtype(config.cache_config.kv_cache_dtype, self.dtype)
+        # Before the first forward pass, never inside a request (compiles once per install).
+        self.cpu_kernels = load_cpu_kernels(self.device, self.dtype)
         start = time.perf_counter()
         self.loaded = load_model(
             model_config.model, self.dtype, self.device, tp_group=tp_group,
@@ -55,8 +59,12 @@ class Worker:
             group_size=model_config.quantization_group_size,
         )  # fmt: skip
         rank = 0 if tp_group is None else tp_group.rank
-        logger.info("rank %d loaded %s in %.1f s (%s, %s)", rank, self.loaded.path,
-                    time.perf_counter() - start, self.dtype, self.device)  # fmt: skip
+        quantization = describe_quantization(
+            model_config.quantization, model_config.quantization_group_size, self.dtype
+        )
+        logger.info("rank %d loaded %s in %.1f s (%s, %.0f MiB of weights, %s activations, %s)",
+                    rank, self.loaded.path, time.perf_counter() - start, quantization,
+                    weight_bytes(self.loaded.model) / 2**20, self.dtype, self.device)  # fmt: skip
         tokenizer_eos = set(self.loaded.tokenizer.eos_token_ids)
         self.eos_token_ids = tokenizer_eos | set(self.loaded.config.eos_token_ids)
         self.model_runner: ModelRunner | None = None
@@ -65,20 +73,27 @@ class Worker:
         """KV cache blocks that fit this rank's budget (its own KV heads only).
 
         Raises:
-            ValueError: naming ``kv_cache_memory_bytes`` when not one block fits.
+            ValueError: naming the flags when not one block fits, one max_model_len sequence
+                exceeds the default bound, or the memory available now is short.
         """
         cache = self.config.cache_config
         return num_blocks_for_budget(
             self.loaded.model.config, cache.block_size, self.kv_cache_dtype, self.device,
             cache.kv_cache_memory_bytes, cache.kv_cache_memory_fraction,
+            self.config.model_config.max_model_len, self.config.scheduler_config.max_num_seqs,
         )  # fmt: skip
 
     def initialize_cache(self, num_blocks: int) -> None:
         """Allocate ``num_blocks`` KV cache blocks for this rank's KV heads; build the runner."""
         block_size = self.config.cache_config.block_size
+        start = time.perf_counter()
         kv_caches = allocate_kv_cache(
             self.loaded.model.config, num_blocks, block_size, self.kv_cache_dtype, self.device
         )
+        num_bytes = sum(2 * key.numel() * key.element_size() for key, _ in kv_caches)
+        logger.info("allocated the KV cache: %d blocks of %d tokens, %.0f MiB %s, in %.1f s",
+                    num_blocks, block_size, num_bytes / 2**20, self.kv_cache_dtype,
+                    time.perf_counter() - start)  # fmt: skip
         self.model_runner = ModelRunner(
             self.loaded.model, kv_caches, block_size, self.eos_token_ids, self.device
         )

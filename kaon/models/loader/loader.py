@@ -59,6 +59,7 @@ def load_model(
     target = Path(path)
     if not target.exists():
         raise FileNotFoundError(f"model path {path} does not exist")
+    _log_reading(target)
     if target.is_dir():
         return _load_hf_dir(target, name, dtype, device, tp_group, (quantization, group_size))
     if target.suffix != ".gguf":
@@ -67,6 +68,13 @@ def load_model(
             "(config.json + *.safetensors + tokenizer.json)"
         )
     return _load_gguf(target, name, dtype, device, tp_group, (quantization, group_size))
+
+
+def _log_reading(target: Path) -> None:
+    files = sorted(target.glob("*.safetensors")) if target.is_dir() else [target]
+    num_bytes = sum(file.stat().st_size for file in files)
+    kind = "safetensors" if target.is_dir() else "GGUF"
+    logger.info("reading %s (%s, %.0f MiB)", target, kind, num_bytes / 2**20)
 
 
 def read_architecture(path: str | None) -> ArchitectureConfig:
