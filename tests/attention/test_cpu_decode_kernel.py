@@ -2,7 +2,7 @@
 
 Random paged caches, shuffled block tables and ragged lengths (including 1 token and exact block
 multiples); the kernel must match within 1e-5. Skipped when the kernel cannot be built here. The
-build happens once per machine (torch caches it across processes).
+build happens once per install (kaon's kernel cache, ``kaon.kernels.cpp_build``).
 """
 
 from __future__ import annotations
