@@ -1,6 +1,6 @@
 """The OpenAI-compatible HTTP server: app factory, routes and ``run_server`` (``kaon serve``).
 
-    uvicorn --> [HTTPMetricsMiddleware] --> [APIKeyMiddleware] --> FastAPI routes
+    uvicorn --> [HTTPMetricsMiddleware] --> [CORS] --> [APIKeyMiddleware] --> FastAPI routes
                                                                    |  parse_body (pydantic, 400)
                                                                    v
                                                    OpenAIServingCompletion / OpenAIServingChat
@@ -33,6 +33,7 @@ from kaon.config import options_from_cli
 from kaon.engine.async_llm import AsyncLLM, load_engine_off_main_thread
 from kaon.entrypoints.openai import serving_tokenization
 from kaon.entrypoints.openai.cli_args import validate_server_args
+from kaon.entrypoints.openai.cors import CORSOptions, add_browser_support
 from kaon.entrypoints.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -48,6 +49,7 @@ from kaon.entrypoints.openai.serving_common import (
     parse_body,
 )
 from kaon.entrypoints.openai.serving_completion import OpenAIServingCompletion
+from kaon.entrypoints.web import add_chat_page, page_url
 from kaon.metrics import CONTENT_TYPE, PrometheusStatLogger
 
 logger = logging.getLogger("kaon")
@@ -66,8 +68,10 @@ def build_app(
     served_model_names: list[str],
     api_key: str | None = None,
     stat_logger: PrometheusStatLogger | None = None,
+    cors: CORSOptions | None = None,
 ) -> FastAPI:
-    """The FastAPI app serving ``async_llm``; starts and stops its engine thread (lifespan)."""
+    """The FastAPI app serving ``async_llm`` and the chat page at ``/``; starts and stops its
+    engine thread (lifespan). ``cors``: cross-origin access (default: none)."""
     defaults = async_llm.engine.generation_defaults or {}
     context = ServingContext(
         async_llm, served_model_names, {k: defaults[k] for k in _DEFAULT_KEYS if k in defaults}
@@ -135,8 +139,10 @@ def build_app(
     async def metrics() -> Response:
         return Response(stat_logger.render(), media_type=CONTENT_TYPE)
 
+    add_chat_page(app)
     if api_key is not None:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    add_browser_support(app, cors or CORSOptions())
     app.add_middleware(HTTPMetricsMiddleware, stat_logger=stat_logger)
     return app
 
@@ -169,7 +175,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code)
-        return OpenAIError(error.status_code, str(error.detail), code=code).response()
+        status, headers = error.status_code, error.headers  # a 405 carries Allow
+        return OpenAIError(status, str(error.detail), code=code, headers=headers).response()
 
     @app.exception_handler(Exception)
     async def internal(_: Request, error: Exception) -> JSONResponse:
@@ -180,14 +187,19 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 class APIKeyMiddleware:
     """401 with the envelope unless ``Authorization: Bearer <api_key>`` (constant-time check);
-    /health, /version and /metrics stay open for probes and scrapers."""
+    /health, /version, /metrics and the chat page stay open; so do OPTIONS (browsers send no
+    Authorization on a CORS preflight)."""
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
         self.expected = f"Bearer {api_key}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(_PROTECTED_PREFIXES):
+        if (
+            scope["type"] == "http"
+            and scope["method"] != "OPTIONS"
+            and scope["path"].startswith(_PROTECTED_PREFIXES)
+        ):
             header = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(header, self.expected):
                 error = OpenAIError(
@@ -245,6 +257,7 @@ def run_server(args: argparse.Namespace) -> int:
         FileNotFoundError: the model path does not exist.
     """
     validate_server_args(args)
+    cors = CORSOptions.from_args(args)
     options = options_from_cli(args)
     if args.model_tag is not None:
         if options.get("model") not in (None, args.model_tag):
@@ -259,7 +272,7 @@ def run_server(args: argparse.Namespace) -> int:
     names = args.served_model_name or [engine.model_name]
     stat_logger = PrometheusStatLogger(names[0])
     async_llm = AsyncLLM(engine, args.max_waiting_requests, stat_logger)
-    app = build_app(async_llm, names, args.api_key, stat_logger)
+    app = build_app(async_llm, names, args.api_key, stat_logger, cors)
     log_level = (args.log_level or logging.getLevelName(logger.getEffectiveLevel())).lower()
     config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level=log_level, log_config=None,
@@ -268,6 +281,8 @@ def run_server(args: argparse.Namespace) -> int:
     # uvicorn re-raises the SIGTERM it handled once it has shut down; with the default handler
     # that kills the process (exit -15). A no-op handler makes a graceful stop exit 0 instead.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    url = page_url(args.host, args.port)
+    logger.info("chat page at %s (OpenAI API at %sv1)", url, url)
     try:
         uvicorn.Server(config).run()
     finally:

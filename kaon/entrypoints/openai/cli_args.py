@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from kaon.entrypoints.openai.cors import add_cors_args
+
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -41,6 +43,7 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
         "--no-access-log", dest="access_log", action="store_false",
         help="do not log one line per HTTP request",
     )  # fmt: skip
+    add_cors_args(parser)
 
 
 def validate_server_args(args: argparse.Namespace) -> None:

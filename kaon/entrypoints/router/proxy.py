@@ -1,6 +1,6 @@
 """The data-parallel front: one OpenAI endpoint that forwards each request to a replica.
 
-    client --> [HTTP metrics] --> [API key] --> route
+    client --> [HTTP metrics] --> [CORS] --> [API key] --> route
       /v1/completions, /v1/chat/completions   validate + tokenize (RequestInspector)
                                               -> Router.route (affinity / outstanding tokens)
                                               -> replica; SSE passes through event by event
@@ -8,6 +8,7 @@
       /tokenizer_info, /version
       /health   200 while at least one replica is up;  /metrics  front + replicas
       /replicas JSON: index, pid, port, up, restarts, outstanding requests and tokens
+      /         the chat page (kaon/entrypoints/web), served by the front itself
 
 A replica that dies mid-request: a non-streaming request gets a 502 envelope (code
 ``replica_failed``); a stream gets an SSE error event and ``data: [DONE]``. Every response a
@@ -31,6 +32,7 @@ from kaon.entrypoints.openai.api_server import (
     HTTPMetricsMiddleware,
     _add_error_handlers,
 )
+from kaon.entrypoints.openai.cors import CORSOptions, add_browser_support
 from kaon.entrypoints.openai.serving_common import (
     SSE_DONE,
     OpenAIError,
@@ -42,6 +44,7 @@ from kaon.entrypoints.router.metrics import RouterMetrics
 from kaon.entrypoints.router.policy import NoHealthyReplicaError, Ticket
 from kaon.entrypoints.router.replica import Replica, ReplicaPool
 from kaon.entrypoints.router.request_info import RequestInspector, RoutingInfo
+from kaon.entrypoints.web import add_chat_page
 
 logger = logging.getLogger("kaon")
 
@@ -180,6 +183,7 @@ def build_router_app(
     inspector: RequestInspector,
     api_key: str | None = None,
     shutdown_timeout: float = 30.0,
+    cors: CORSOptions | None = None,
 ) -> FastAPI:
     """The front's FastAPI app; its lifespan starts the replicas (all must pass /health before
     it serves) and stops them, so no replica outlives the app."""
@@ -233,8 +237,10 @@ def build_router_app(
     async def replicas() -> JSONResponse:
         return JSONResponse({"data": [_replica_state(pool, r) for r in pool.replicas]})
 
+    add_chat_page(app)
     if api_key is not None:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    add_browser_support(app, cors or CORSOptions())
     app.add_middleware(HTTPMetricsMiddleware, stat_logger=metrics)
     return app
 

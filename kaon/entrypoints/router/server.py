@@ -21,10 +21,12 @@ import uvicorn
 
 from kaon.config import EngineConfig
 from kaon.entrypoints.openai.api_server import _check_port_free
+from kaon.entrypoints.openai.cors import CORSOptions
 from kaon.entrypoints.router.policy import Router
 from kaon.entrypoints.router.proxy import build_router_app
 from kaon.entrypoints.router.replica import ReplicaPool
 from kaon.entrypoints.router.request_info import RequestInspector
+from kaon.entrypoints.web import page_url
 
 logger = logging.getLogger("kaon")
 
@@ -108,7 +110,9 @@ def run_router(args: argparse.Namespace, options: dict[str, Any]) -> int:
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     pool = ReplicaPool(command, Router(num_replicas), headers=headers)
     inspector = RequestInspector(tokenizer, config.cache_config.block_size, max_model_len=0)
-    app = build_router_app(pool, inspector, args.api_key, args.shutdown_timeout)
+    cors = CORSOptions.from_args(args)
+    app = build_router_app(pool, inspector, args.api_key, args.shutdown_timeout, cors)
+    logger.info("chat page at %s", page_url(args.host, args.port))
     log_level = (args.log_level or logging.getLevelName(logger.getEffectiveLevel())).lower()
     server_config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level=log_level, log_config=None,
