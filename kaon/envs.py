@@ -59,3 +59,10 @@ def tp_timeout_seconds() -> float:
     """KAON_TP_TIMEOUT (default 600): seconds a tensor-parallel rank waits for its peers (the
     join at start-up, each collective) before the step fails with an error instead of hanging."""
     return float(os.environ.get("KAON_TP_TIMEOUT", "600"))
+
+
+def fail_on_stop_string() -> str | None:
+    """KAON_TEST_FAIL_ON_STOP (tests only, default unset): a request whose ``stop`` list holds
+    this exact string raises while its output is processed, so tests can check that a failure
+    in one request fails that request alone. Unset or empty: never."""
+    return os.environ.get("KAON_TEST_FAIL_ON_STOP") or None

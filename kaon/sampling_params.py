@@ -11,6 +11,15 @@ import copy
 from dataclasses import dataclass
 
 _MAX_LOGPROBS = 20  # OpenAI caps top_logprobs at 20
+# Bounds on what one request may ask for (docs/serving.md, "Limits"). Every int that reaches a
+# tensor or the C++ kernels must fit int64; these are far below that and keep a request's cost
+# per step small whatever it sends.
+MAX_INT32 = 2**31 - 1  # top_k, max_tokens, min_tokens, n: more is meaningless, never an int64
+MAX_STOP = 16  # stop strings (OpenAI allows 4, vLLM any number)
+MAX_STOP_CHARS = 1024  # characters in one stop string
+MAX_STOP_TOKEN_IDS = 256  # stop_token_ids entries
+MAX_LOGIT_BIAS = 300  # logit_bias entries (OpenAI's cap)
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
 
 
 @dataclass
@@ -59,12 +68,12 @@ class SamplingParams:
         self._validate()
 
     def _validate(self) -> None:
-        _check_int("n", self.n, low=1)
+        _check_int("n", self.n, low=1, high=MAX_INT32)
         _check_number("temperature", self.temperature, low=0.0)
         _check_number("top_p", self.top_p)
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        _check_int("top_k", self.top_k, low=0)
+        _check_int("top_k", self.top_k, low=0, high=MAX_INT32)
         _check_number("min_p", self.min_p, low=0.0, high=1.0)
         _check_number("presence_penalty", self.presence_penalty, low=-2.0, high=2.0)
         _check_number("frequency_penalty", self.frequency_penalty, low=-2.0, high=2.0)
@@ -72,22 +81,15 @@ class SamplingParams:
         if self.repetition_penalty <= 0.0:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if self.seed is not None:
-            _check_int("seed", self.seed, low=-(2**63), high=2**64 - 1)  # torch.Generator range
+            _check_int("seed", self.seed, low=SEED_RANGE[0], high=SEED_RANGE[1])
         if self.max_tokens is not None:
-            _check_int("max_tokens", self.max_tokens, low=1)
-        _check_int("min_tokens", self.min_tokens, low=0)
+            _check_int("max_tokens", self.max_tokens, low=1, high=MAX_INT32)
+        _check_int("min_tokens", self.min_tokens, low=0, high=MAX_INT32)
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise ValueError(
                 f"min_tokens must be <= max_tokens, got {self.min_tokens} > {self.max_tokens}"
             )
-        if not isinstance(self.stop, list) or not all(isinstance(s, str) for s in self.stop):
-            raise ValueError("stop must be a string or a list of strings")
-        if any(s == "" for s in self.stop):
-            raise ValueError("stop must not contain empty strings")
-        if not isinstance(self.stop_token_ids, list):
-            raise ValueError("stop_token_ids must be a list of token ids")
-        for token_id in self.stop_token_ids:
-            _check_int("stop_token_ids", token_id, low=0)
+        self._validate_stop()
         if self.logprobs is not None:
             _check_int("logprobs", self.logprobs, low=0, high=_MAX_LOGPROBS)
         if self.prompt_logprobs is not None:
@@ -95,17 +97,35 @@ class SamplingParams:
         if self.logit_bias is not None:
             self._validate_logit_bias()
 
+    def _validate_stop(self) -> None:
+        if not isinstance(self.stop, list) or not all(isinstance(s, str) for s in self.stop):
+            raise ValueError("stop must be a string or a list of strings")
+        if len(self.stop) > MAX_STOP:
+            raise ValueError(f"stop must have at most {MAX_STOP} strings, got {len(self.stop)}")
+        if any(s == "" for s in self.stop):
+            raise ValueError("stop must not contain empty strings")
+        if any(len(s) > MAX_STOP_CHARS for s in self.stop):
+            raise ValueError(f"stop strings must be at most {MAX_STOP_CHARS} characters long")
+        if not isinstance(self.stop_token_ids, list):
+            raise ValueError("stop_token_ids must be a list of token ids")
+        if len(self.stop_token_ids) > MAX_STOP_TOKEN_IDS:
+            raise ValueError(
+                f"stop_token_ids must have at most {MAX_STOP_TOKEN_IDS} entries, "
+                f"got {len(self.stop_token_ids)}"
+            )
+        for token_id in self.stop_token_ids:
+            _check_int("stop_token_ids", token_id, low=0, high=MAX_INT32)
+
     def _validate_logit_bias(self) -> None:
         if not isinstance(self.logit_bias, dict):
             raise ValueError("logit_bias must map token ids to numbers")
+        if len(self.logit_bias) > MAX_LOGIT_BIAS:
+            raise ValueError(
+                f"logit_bias must have at most {MAX_LOGIT_BIAS} entries, got {len(self.logit_bias)}"
+            )
         clean: dict[int, float] = {}
         for key, value in self.logit_bias.items():
-            try:
-                token_id = int(key)
-            except (TypeError, ValueError):
-                raise ValueError(f"logit_bias keys must be token ids, got {key!r}") from None
-            if token_id < 0:
-                raise ValueError(f"logit_bias keys must be token ids >= 0, got {token_id}")
+            token_id = _token_id_key(key)
             _check_number("logit_bias", value, low=-100.0, high=100.0)
             clean[token_id] = float(value)
         self.logit_bias = clean
@@ -132,6 +152,24 @@ class SamplingParams:
         return copy.deepcopy(self)
 
 
+def _token_id_key(key: object) -> int:
+    """A logit_bias key as a token id: an int, or a string of ASCII digits ("42"; JSON object keys
+    are strings). Python's int() would also take "٣", "１", " 1 ", "1_0" and "+1"."""
+    if isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 10:
+        key = int(key)
+    if isinstance(key, bool) or not isinstance(key, int):
+        raise ValueError(f"logit_bias keys must be token ids (ASCII digits), got {_short(key)}")
+    if not 0 <= key <= MAX_INT32:
+        raise ValueError(f"logit_bias keys must be token ids >= 0, got {_short(key)}")
+    return key
+
+
+def _short(value: object, limit: int = 40) -> str:
+    """repr(value), cut to ``limit`` characters: error messages never echo a whole input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} characters)"
+
+
 def _check_number(
     name: str, value: object, low: float | None = None, high: float | None = None
 ) -> None:
@@ -149,6 +187,6 @@ def _check_int(name: str, value: object, low: int | None = None, high: int | Non
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an integer, got {type(value).__name__}")
     if low is not None and value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
+        raise ValueError(f"{name} must be >= {low}, got {_short(value)}")
     if high is not None and value > high:
-        raise ValueError(f"{name} must be <= {high}, got {value}")
+        raise ValueError(f"{name} must be <= {high}, got {_short(value)}")

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from kaon.core.scheduler import SchedulerStats
@@ -61,6 +61,11 @@ class EngineOverloadedError(RuntimeError):
 
 class EngineDeadError(RuntimeError):
     """The engine thread stopped (shutdown or an internal error); no request can run (HTTP 503)."""
+
+
+class RequestFailedError(RuntimeError):
+    """One request failed while it was being stepped; it was aborted, the engine goes on
+    (HTTP 500 for that request alone)."""
 
 
 class StatLogger(Protocol):
@@ -129,6 +134,9 @@ class AsyncLLM:
         self.stat_logger = stat_logger
         self.stats = engine.stats()  # latest snapshot, refreshed by the engine thread
         self.dead_reason: str | None = None
+        self.error: BaseException | None = None  # what killed the engine thread, if anything
+        # Called on the event loop once the engine died of an error (the server exits then).
+        self.on_dead: Callable[[], None] | None = None
         self._commands: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         self._streams: dict[str, RequestStream] = {}  # event-loop side: requests in flight
         self._queues: dict[str, RequestStream] = {}  # engine-thread side: where outputs go
@@ -214,6 +222,12 @@ class AsyncLLM:
         self._thread = None
         self.engine.shutdown()  # tensor-parallel worker ranks exit
 
+    def fail_all(self, message: str) -> None:
+        """End every request in flight with ``EngineDeadError(message)`` (HTTP 503, an SSE error
+        event) and free their KV blocks; the engine keeps running. Used when the shutdown
+        timeout expires."""
+        self._post(("fail", message))
+
     def _post(self, command: tuple) -> None:
         self._commands.put(command)
 
@@ -224,13 +238,18 @@ class AsyncLLM:
             while self._run_commands(block=not self.engine.has_unfinished_requests()):
                 if self.engine.has_unfinished_requests():
                     self._deliver(self.engine.step())
+                    self._deliver_failures(self.engine.take_failed_requests())
                 self._publish_stats()
         except Exception as error:  # an engine bug: fail every request rather than hang them
             logger.exception("engine step failed; the engine is stopped")
+            self.error = error
             self.dead_reason = f"engine error: {type(error).__name__}: {error}"
             for stream in list(self._queues.values()):
                 self._send(stream, EngineDeadError(self.dead_reason))
             self._queues.clear()
+            if self.on_dead is not None and self._loop is not None:
+                with contextlib.suppress(RuntimeError):  # the event loop is closed already
+                    self._loop.call_soon_threadsafe(self.on_dead)
             return
         self.dead_reason = "the engine was shut down"
 
@@ -247,6 +266,11 @@ class AsyncLLM:
                 self._add(*command[1:])
             elif command[0] == "abort":
                 self._abort([command[1]])
+            elif command[0] == "fail":
+                request_ids = list(self._queues)
+                for request_id in request_ids:
+                    self._send(self._queues.pop(request_id), EngineDeadError(command[1]))
+                self.engine.abort_request(request_ids)
             else:  # "stop"
                 self._abort(list(self._queues))
                 self._publish_stats()
@@ -293,6 +317,13 @@ class AsyncLLM:
                 if self.stat_logger is not None:
                     self.stat_logger.record_finished(output)
             self._send(stream, output)
+
+    def _deliver_failures(self, failed: dict[str, Exception]) -> None:
+        for request_id, error in failed.items():
+            stream = self._queues.pop(request_id, None)
+            if stream is not None:
+                message = f"request failed: {type(error).__name__}: {error}"
+                self._send(stream, RequestFailedError(message))
 
     def _send(self, stream: RequestStream, item: RequestOutput | BaseException) -> None:
         assert self._loop is not None

@@ -72,6 +72,7 @@ class LLMEngine:
             num_blocks, cache_config.block_size, cache_config.enable_prefix_caching
         )
         scheduler_config = config.scheduler_config
+        _check_unchunked_budget(scheduler_config, self.max_model_len)
         self.scheduler = Scheduler(
             self.kv_cache_manager,
             max_num_seqs=scheduler_config.max_num_seqs,
@@ -81,6 +82,7 @@ class LLMEngine:
         )
         self.input_processor = InputProcessor(self.tokenizer, self.max_model_len)
         self.output_processor = OutputProcessor(self.tokenizer)
+        self.failed_requests: dict[str, Exception] = {}  # see take_failed_requests
         self.num_steps = 0
 
     @classmethod
@@ -147,7 +149,9 @@ class LLMEngine:
                 params = sampling_params
                 if sampling_params.n > 1 and sampling_params.seed is not None:
                     params = sampling_params.clone()
-                    params.seed = sampling_params.seed + index  # distinct, reproducible
+                    # Distinct and reproducible; modulo 2**64 so seed 2**64 - 1 with n > 1 stays
+                    # in torch.Generator's range (it reads a negative seed modulo 2**64 too).
+                    params.seed = (sampling_params.seed + index) % 2**64
                 request = Request(child_id, prompt_token_ids, params, self.eos_token_ids,
                                   arrival, max_tokens=max_tokens)  # fmt: skip
                 self.scheduler.add_request(request)
@@ -181,8 +185,24 @@ class LLMEngine:
         request_outputs, stopped = self.output_processor.process_outputs(engine_outputs)
         if stopped:
             self.scheduler.finish_requests(stopped, RequestStatus.FINISHED_STOPPED)
+        self._fail_requests(self.output_processor.take_failed())
         self.num_steps += 1
         return request_outputs
+
+    def _fail_requests(self, failed: dict[str, Exception]) -> None:
+        """Abort the requests whose output processing raised (their KV blocks are freed) and
+        keep their errors for ``take_failed_requests``; the other requests go on."""
+        for request_id, error in failed.items():
+            logger.error("request %s failed and was aborted: %s: %s", request_id,
+                         type(error).__name__, error, exc_info=error)  # fmt: skip
+            self.abort_request([request_id])
+            self.failed_requests[request_id] = error
+
+    def take_failed_requests(self) -> dict[str, Exception]:
+        """Requests that failed alone since the last call (request id -> error). They are already
+        aborted; the caller reports the error to each one's client."""
+        failed, self.failed_requests = self.failed_requests, {}
+        return failed
 
     def stats(self) -> SchedulerStats:
         return self.scheduler.stats()
@@ -225,3 +245,16 @@ class LLMEngine:
         """Stop the executor's worker ranks (tensor parallelism); idempotent. The engine cannot
         step afterwards."""
         self.executor.shutdown()
+
+
+def _check_unchunked_budget(scheduler_config, max_model_len: int) -> None:
+    """Without chunked prefill a request's whole prompt (or, after a preemption, its prompt and
+    output) is computed in one step, so a budget below max_model_len would leave long requests
+    waiting forever. Raises ValueError naming max_num_batched_tokens, as vLLM does."""
+    budget = scheduler_config.max_num_batched_tokens
+    if not scheduler_config.enable_chunked_prefill and budget < max_model_len:
+        raise ValueError(
+            f"max_num_batched_tokens ({budget}) is smaller than max_model_len ({max_model_len}) "
+            "with chunked prefill disabled: longer prompts could never be scheduled; raise "
+            "max_num_batched_tokens, lower max_model_len or enable chunked prefill"
+        )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from kaon import envs
 from kaon.detokenizer import IncrementalDetokenizer
 from kaon.outputs import (
     CompletionOutput,
@@ -65,6 +66,8 @@ class OutputProcessor:
         self.tokenizer = tokenizer
         self.requests: dict[str, RequestState] = {}
         self._child_to_parent: dict[str, tuple[str, int]] = {}
+        # User requests whose processing raised in the last process_outputs (see take_failed).
+        self._failed: dict[str, Exception] = {}
 
     def add_request(
         self,
@@ -104,25 +107,45 @@ class OutputProcessor:
     def process_outputs(
         self, outputs: list[EngineCoreOutput]
     ) -> tuple[list[RequestOutput], list[str]]:
-        """Returns the RequestOutputs of this step and the child ids a stop string finished."""
+        """Returns the RequestOutputs of this step and the child ids a stop string finished.
+
+        An exception while processing one request (detokenizer, stop strings, logprobs) fails
+        that request alone: it gets no output here and is listed by ``take_failed``; the caller
+        must abort it.
+        """
         now = time.monotonic()
         touched: dict[str, RequestState] = {}
         stopped: list[str] = []
         for output in outputs:
             parent = self._child_to_parent.get(output.request_id)
-            if parent is None:
+            if parent is None or parent[0] in self._failed:
                 continue
             state = self.requests[parent[0]]
             completion = state.completions[parent[1]]
-            if self._apply(state, completion, output, now):
-                stopped.append(output.request_id)
+            try:
+                if self._apply(state, completion, output, now):
+                    stopped.append(output.request_id)
+            except Exception as error:
+                self._failed[state.request_id] = error
+                continue
             touched[state.request_id] = state
         results = []
         for state in touched.values():
-            results.append(self._make_output(state))
+            if state.request_id in self._failed:
+                continue
+            try:
+                results.append(self._make_output(state))
+            except Exception as error:
+                self._failed[state.request_id] = error
+                continue
             if state.finished:
                 self._forget(state)
         return results, stopped
+
+    def take_failed(self) -> dict[str, Exception]:
+        """User request ids whose processing raised since the last call, with the error."""
+        failed, self._failed = self._failed, {}
+        return failed
 
     def _apply(
         self, state: RequestState, completion: CompletionState, output: EngineCoreOutput, now: float
@@ -140,6 +163,8 @@ class OutputProcessor:
             state.prompt_logprobs = output.new_prompt_logprobs
         state.num_cached_tokens = output.num_cached_tokens
         completion.token_ids.extend(output.new_token_ids)
+        if state.params.stop and envs.fail_on_stop_string() in state.params.stop:
+            raise RuntimeError("injected failure (KAON_TEST_FAIL_ON_STOP)")
         self._add_logprobs(completion, output)
         completion.finish_reason = output.finish_reason
         completion.stop_reason = output.stop_reason

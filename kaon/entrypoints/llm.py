@@ -137,6 +137,11 @@ class LLM:
                     if output.finished and output.request_id in wanted:
                         finished[output.request_id] = output
                         progress.update(1)
+                failed = self.engine.take_failed_requests()
+                if failed:
+                    self.engine.abort_request([i for i in request_ids if i not in finished])
+                    request_id, error = next(iter(failed.items()))
+                    raise RuntimeError(f"request {request_id} failed: {error}") from error
         return [finished[request_id] for request_id in request_ids if request_id in finished]
 
 

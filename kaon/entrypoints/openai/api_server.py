@@ -1,18 +1,21 @@
 """The OpenAI-compatible HTTP server: app factory, routes and ``run_server`` (``kaon serve``).
 
-    uvicorn --> [HTTPMetricsMiddleware] --> [CORS] --> [APIKeyMiddleware] --> FastAPI routes
+    uvicorn --> [HTTPMetricsMiddleware] --> [CORS] --> [APIKeyMiddleware]
+            --> [RequestGuardMiddleware: 415 / 413 / 503 (dead)] --> FastAPI routes
                                                                    |  parse_body (pydantic, 400)
                                                                    v
                                                    OpenAIServingCompletion / OpenAIServingChat
                                                                    |  AsyncLLM (engine thread)
 
 SIGTERM: uvicorn stops accepting connections and waits up to ``--shutdown-timeout`` seconds for
-in-flight requests; then the lifespan hook aborts what is left and stops the engine thread.
+in-flight requests; then they are failed (503 / an SSE error) and the lifespan hook stops the
+engine thread. After an engine death the process exits with status 1 (drain.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hmac
 import logging
 import signal
@@ -30,15 +33,25 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kaon import __version__
 from kaon.config import options_from_cli
-from kaon.engine.async_llm import AsyncLLM, load_engine_off_main_thread
+from kaon.engine.async_llm import (
+    AsyncLLM,
+    EngineDeadError,
+    RequestFailedError,
+    load_engine_off_main_thread,
+)
 from kaon.entrypoints.openai import serving_tokenization
 from kaon.entrypoints.openai.cli_args import validate_server_args
 from kaon.entrypoints.openai.cors import CORSOptions, add_browser_support
+from kaon.entrypoints.openai.drain import DrainingServer
 from kaon.entrypoints.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
     TokenizeRequest,
+)
+from kaon.entrypoints.openai.request_guard import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    RequestGuardMiddleware,
 )
 from kaon.entrypoints.openai.serving_chat import OpenAIServingChat
 from kaon.entrypoints.openai.serving_common import (
@@ -54,7 +67,11 @@ from kaon.metrics import CONTENT_TYPE, PrometheusStatLogger
 
 logger = logging.getLogger("kaon")
 
-_PROTECTED_PREFIXES = ("/v1/", "/tokenize", "/detokenize", "/tokenizer_info")
+# With --api-key, everything but the probes (/health, /version, /metrics) needs the key; the API
+# docs too (vLLM leaves them open), since they list the routes and their fields.
+_PROTECTED_PREFIXES = (
+    "/v1/", "/tokenize", "/detokenize", "/tokenizer_info", "/docs", "/redoc", "/openapi.json",
+)  # fmt: skip
 _ROUTES = (
     "/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/version", "/metrics",
     "/tokenize", "/detokenize", "/tokenizer_info",
@@ -69,9 +86,11 @@ def build_app(
     api_key: str | None = None,
     stat_logger: PrometheusStatLogger | None = None,
     cors: CORSOptions | None = None,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
 ) -> FastAPI:
     """The FastAPI app serving ``async_llm`` and the chat page at ``/``; starts and stops its
-    engine thread (lifespan). ``cors``: cross-origin access (default: none)."""
+    engine thread (lifespan). ``cors``: cross-origin access (default: none). Request bodies over
+    ``max_request_bytes`` bytes get HTTP 413."""
     defaults = async_llm.engine.generation_defaults or {}
     context = ServingContext(
         async_llm, served_model_names, {k: defaults[k] for k in _DEFAULT_KEYS if k in defaults}
@@ -113,7 +132,7 @@ def build_app(
     @app.post("/tokenize")
     async def tokenize(raw_request: Request) -> dict[str, Any]:
         request = parse_body(TokenizeRequest, await raw_request.body())
-        return serving_tokenization.tokenize(context, request)
+        return await asyncio.to_thread(serving_tokenization.tokenize, context, request)
 
     @app.post("/detokenize")
     async def detokenize(raw_request: Request) -> dict[str, Any]:
@@ -128,7 +147,9 @@ def build_app(
     async def health() -> Response:
         if not async_llm.is_running:
             reason = async_llm.dead_reason or "the engine is not running"
-            return OpenAIError(503, reason, "service_unavailable").response()
+            return OpenAIError(
+                503, reason, "service_unavailable", code="engine_unavailable"
+            ).response()
         return Response(status_code=200)
 
     @app.get("/version")
@@ -140,6 +161,10 @@ def build_app(
         return Response(stat_logger.render(), media_type=CONTENT_TYPE)
 
     add_chat_page(app)
+    app.add_middleware(
+        RequestGuardMiddleware, max_request_bytes=max_request_bytes,
+        dead_reason=lambda: async_llm.dead_reason,
+    )  # fmt: skip
     if api_key is not None:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
     add_browser_support(app, cors or CORSOptions())
@@ -165,6 +190,16 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ClientDisconnected)
     async def disconnected(_: Request, __: ClientDisconnected) -> Response:
         return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+
+    @app.exception_handler(EngineDeadError)
+    async def engine_dead(_: Request, error: EngineDeadError) -> JSONResponse:
+        return OpenAIError(
+            503, str(error), "service_unavailable", code="engine_unavailable"
+        ).response()
+
+    @app.exception_handler(RequestFailedError)
+    async def request_failed(_: Request, error: RequestFailedError) -> JSONResponse:
+        return OpenAIError(500, str(error), "internal_error", code="request_failed").response()
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, error: RequestValidationError) -> JSONResponse:
@@ -272,21 +307,25 @@ def run_server(args: argparse.Namespace) -> int:
     names = args.served_model_name or [engine.model_name]
     stat_logger = PrometheusStatLogger(names[0])
     async_llm = AsyncLLM(engine, args.max_waiting_requests, stat_logger)
-    app = build_app(async_llm, names, args.api_key, stat_logger, cors)
+    app = build_app(async_llm, names, args.api_key, stat_logger, cors, args.max_request_bytes)
     log_level = (args.log_level or logging.getLevelName(logger.getEffectiveLevel())).lower()
     config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level=log_level, log_config=None,
-        access_log=args.access_log, timeout_graceful_shutdown=args.shutdown_timeout,
+        access_log=args.access_log,
     )  # fmt: skip
+    server = DrainingServer(config, async_llm, args.shutdown_timeout)
     # uvicorn re-raises the SIGTERM it handled once it has shut down; with the default handler
     # that kills the process (exit -15). A no-op handler makes a graceful stop exit 0 instead.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
     url = page_url(args.host, args.port)
     logger.info("chat page at %s (OpenAI API at %sv1)", url, url)
     try:
-        uvicorn.Server(config).run()
+        server.run()
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if server.engine_died:
+        logger.error("server stopped after an engine error: %s", async_llm.dead_reason)
+        return 1  # a supervisor restarts it
     logger.info("server stopped")
     return 0
 

@@ -40,6 +40,10 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
         help="seconds in-flight requests may take to finish after SIGTERM (default: 30)",
     )  # fmt: skip
     group.add_argument(
+        "--max-request-bytes", type=int, default=8 * 2**20,
+        help="largest request body accepted, in bytes; larger ones get HTTP 413 (default: 8 MiB)",
+    )  # fmt: skip
+    group.add_argument(
         "--no-access-log", dest="access_log", action="store_false",
         help="do not log one line per HTTP request",
     )  # fmt: skip
@@ -54,5 +58,7 @@ def validate_server_args(args: argparse.Namespace) -> None:
         raise ValueError(f"max_waiting_requests must be >= 0, got {args.max_waiting_requests}")
     if args.shutdown_timeout < 0:
         raise ValueError(f"shutdown_timeout must be >= 0, got {args.shutdown_timeout}")
+    if args.max_request_bytes < 1:
+        raise ValueError(f"max_request_bytes must be >= 1, got {args.max_request_bytes}")
     if args.api_key is not None and not args.api_key:
         raise ValueError("api_key must not be empty")

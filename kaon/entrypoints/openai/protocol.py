@@ -55,7 +55,8 @@ Seed = Annotated[int, Field(ge=_SEED_RANGE[0], le=_SEED_RANGE[1])]
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # allow_inf_nan: a float field is finite (JSON's 1e999 would parse as inf).
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class StreamOptions(StrictModel):

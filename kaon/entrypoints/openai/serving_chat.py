@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 
 from kaon.engine.async_llm import RequestStream
 from kaon.entrypoints.openai.logprobs import LogprobFormatter
+from kaon.entrypoints.openai.prompt_limits import check_prompt_chars
 from kaon.entrypoints.openai.protocol import ChatCompletionRequest
 from kaon.entrypoints.openai.serving_common import (
     SSE_DONE,
@@ -87,6 +88,7 @@ class OpenAIServingChat:
             )
         except ValueError as error:
             raise bad_request(error) from None
+        check_prompt_chars(text, "messages", tokenizer, self.context.max_model_len)
         return tokenizer.encode(text)
 
     async def _full(

@@ -27,7 +27,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.types import Receive, Scope, Send
 
-from kaon.engine.async_llm import AsyncLLM, EngineDeadError, EngineOverloadedError, RequestStream
+from kaon.engine.async_llm import (
+    AsyncLLM,
+    EngineDeadError,
+    EngineOverloadedError,
+    RequestFailedError,
+    RequestStream,
+)
 from kaon.outputs import CompletionOutput, PositionLogprobs, RequestOutput
 from kaon.sampling_params import SamplingParams
 
@@ -36,6 +42,7 @@ T = TypeVar("T")
 
 _PARAM = re.compile(r"^([A-Za-z_][\w.\[\]]*)")
 RETRY_AFTER_S = 1  # seconds a client is told to wait when the waiting queue is full
+MAX_MESSAGE_CHARS = 1000  # an error message is cut here: it never echoes a whole input back
 
 
 class OpenAIError(Exception):
@@ -50,6 +57,10 @@ class OpenAIError(Exception):
         code: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = f"{message[:MAX_MESSAGE_CHARS]}... ({len(message)} characters, cut)"
+        if param is not None and len(param) > 100:
+            param = param[:100]
         super().__init__(message)
         self.status, self.message, self.type = status, message, type_
         self.param, self.code, self.headers = param, code, headers
@@ -60,6 +71,11 @@ class OpenAIError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def shorten(value: str, limit: int = 100) -> str:
+    """``value`` cut to ``limit`` characters (with its length), for echoing it in a message."""
+    return value if len(value) <= limit else f"{value[:limit]}...({len(value)} characters)"
 
 
 def bad_request(error: ValueError, code: str | None = None) -> OpenAIError:
@@ -142,7 +158,7 @@ class ServingContext:
         """Raises OpenAIError 404 (code model_not_found) for a model this server does not serve."""
         if model is not None and model not in self.served_model_names:
             raise OpenAIError(
-                404, f"The model `{model}` does not exist; this server serves "
+                404, f"The model `{shorten(model)}` does not exist; this server serves "
                 f"{', '.join(self.served_model_names)}", param="model", code="model_not_found",
             )  # fmt: skip
 
@@ -280,6 +296,8 @@ def sse_error(error: Exception) -> str:
     """An error that happens after the stream started (status 200 already sent)."""
     if isinstance(error, EngineDeadError):
         body = OpenAIError(503, str(error), "service_unavailable", code="engine_unavailable")
+    elif isinstance(error, RequestFailedError):  # this request alone failed; the engine goes on
+        body = OpenAIError(500, str(error), "internal_error", code="request_failed")
     else:
         body = OpenAIError(500, f"internal error: {type(error).__name__}", "internal_error")
     return sse(body.body())

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 
 from kaon.engine.async_llm import RequestStream
 from kaon.entrypoints.openai.logprobs import LogprobFormatter
+from kaon.entrypoints.openai.prompt_limits import check_prompt_chars
 from kaon.entrypoints.openai.protocol import CompletionRequest
 from kaon.entrypoints.openai.serving_common import (
     SSE_DONE,
@@ -91,6 +92,7 @@ class OpenAIServingCompletion:
         prompts = []
         for item in prompt:
             if isinstance(item, str):
+                check_prompt_chars(item, "prompt", tokenizer, self.context.max_model_len)
                 token_ids = tokenizer.encode(item) if item else []
                 prompts.append(Prompt(item, token_ids))
             else:
