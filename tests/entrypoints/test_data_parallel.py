@@ -168,6 +168,26 @@ def test_front_endpoints_and_errors(dp_server: ServerProcess, llm) -> None:
         client.completions.create(model="no-such-model", prompt="x", max_tokens=1)
 
 
+def test_front_responses_api_and_request_id(dp_server: ServerProcess, llm) -> None:
+    client = openai.OpenAI(base_url=f"{dp_server.url}/v1", api_key=API_KEY, max_retries=0)
+    response = client.responses.create(
+        model=MODEL_NAME, input="Say hi.", max_output_tokens=8, temperature=0
+    )
+    assert (
+        response.output_text == offline_chat(llm, [{"role": "user", "content": "Say hi."}], 8).text
+    )
+    assert response._request_id.startswith("req_")
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model=MODEL_NAME, input="x", previous_response_id="resp_1")
+    assert refused.value.body["param"] == "previous_response_id"
+    headers = {"Authorization": f"Bearer {API_KEY}", "x-request-id": "dp-7"}
+    bodies = {"/v1/completions": {"prompt": "Hi", "max_tokens": 1}, "/tokenize": {"prompt": "Hi"}}
+    for path, body in bodies.items():
+        answer = httpx.post(f"{dp_server.url}{path}", json=body, headers=headers, timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-request-id"] == "dp-7", path
+
+
 def test_killed_replica_fails_only_its_requests_and_restarts(dp_server: ServerProcess, llm) -> None:
     prompts = [f"Story {i}: once upon a time" for i in range(16)]
     params = {"max_tokens": 48, "extra_body": {"ignore_eos": True}}

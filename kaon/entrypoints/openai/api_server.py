@@ -1,10 +1,10 @@
 """The OpenAI-compatible HTTP server: app factory, routes and ``run_server`` (``kaon serve``).
 
-    uvicorn --> [HTTPMetricsMiddleware] --> [CORS] --> [APIKeyMiddleware]
+    uvicorn --> [RequestIdMiddleware] --> [HTTPMetricsMiddleware] --> [CORS] --> [APIKeyMiddleware]
             --> [RequestGuardMiddleware: 415 / 413 / 503 (dead)] --> FastAPI routes
                                                                    |  parse_body (pydantic, 400)
                                                                    v
-                                                   OpenAIServingCompletion / OpenAIServingChat
+                         OpenAIServingCompletion / OpenAIServingChat / OpenAIServingResponses
                                                                    |  AsyncLLM (engine thread)
 
 SIGTERM: uvicorn stops accepting connections and waits up to ``--shutdown-timeout`` seconds for
@@ -49,10 +49,13 @@ from kaon.entrypoints.openai.protocol import (
     DetokenizeRequest,
     TokenizeRequest,
 )
+from kaon.entrypoints.openai.protocol_responses import ResponsesRequest
 from kaon.entrypoints.openai.request_guard import (
     DEFAULT_MAX_REQUEST_BYTES,
     RequestGuardMiddleware,
 )
+from kaon.entrypoints.openai.request_id import HEADER as REQUEST_ID_HEADER
+from kaon.entrypoints.openai.request_id import RequestIdMiddleware, request_id
 from kaon.entrypoints.openai.serving_chat import OpenAIServingChat
 from kaon.entrypoints.openai.serving_common import (
     ClientDisconnected,
@@ -62,6 +65,7 @@ from kaon.entrypoints.openai.serving_common import (
     parse_body,
 )
 from kaon.entrypoints.openai.serving_completion import OpenAIServingCompletion
+from kaon.entrypoints.openai.serving_responses import OpenAIServingResponses
 from kaon.entrypoints.web import add_chat_page, page_url
 from kaon.metrics import CONTENT_TYPE, PrometheusStatLogger
 
@@ -73,8 +77,8 @@ _PROTECTED_PREFIXES = (
     "/v1/", "/tokenize", "/detokenize", "/tokenizer_info", "/docs", "/redoc", "/openapi.json",
 )  # fmt: skip
 _ROUTES = (
-    "/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/version", "/metrics",
-    "/tokenize", "/detokenize", "/tokenizer_info",
+    "/v1/completions", "/v1/chat/completions", "/v1/responses", "/v1/models", "/health",
+    "/version", "/metrics", "/tokenize", "/detokenize", "/tokenizer_info",
 )  # fmt: skip
 # Generation defaults a model's generation_config.json may set (vLLM applies the same ones).
 _DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
@@ -96,6 +100,7 @@ def build_app(
         async_llm, served_model_names, {k: defaults[k] for k in _DEFAULT_KEYS if k in defaults}
     )
     completions, chat = OpenAIServingCompletion(context), OpenAIServingChat(context)
+    responses = OpenAIServingResponses(context)
     stat_logger = stat_logger or PrometheusStatLogger(served_model_names[0])
     if async_llm.stat_logger is None:
         async_llm.stat_logger = stat_logger
@@ -119,6 +124,11 @@ def build_app(
     async def create_chat_completion(raw_request: Request) -> Response:
         request = parse_body(ChatCompletionRequest, await raw_request.body())
         return await chat.create(request, raw_request)
+
+    @app.post("/v1/responses")
+    async def create_response(raw_request: Request) -> Response:
+        request = parse_body(ResponsesRequest, await raw_request.body())
+        return await responses.create(request, raw_request)
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
@@ -169,6 +179,7 @@ def build_app(
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
     add_browser_support(app, cors or CORSOptions())
     app.add_middleware(HTTPMetricsMiddleware, stat_logger=stat_logger)
+    app.add_middleware(RequestIdMiddleware)  # outermost: 401s carry the id too
     return app
 
 
@@ -214,10 +225,14 @@ def _add_error_handlers(app: FastAPI) -> None:
         return OpenAIError(status, str(error.detail), code=code, headers=headers).response()
 
     @app.exception_handler(Exception)
-    async def internal(_: Request, error: Exception) -> JSONResponse:
-        logger.exception("unhandled error in a request")
+    async def internal(raw_request: Request, error: Exception) -> JSONResponse:
+        # Runs in Starlette's outermost middleware, outside RequestIdMiddleware.
+        rid = request_id(raw_request)
+        logger.exception("unhandled error in request %s", rid)
         message = f"internal error: {type(error).__name__}"
-        return OpenAIError(500, message, "internal_error", code="internal_error").response()
+        response = OpenAIError(500, message, "internal_error", code="internal_error").response()
+        response.headers[REQUEST_ID_HEADER] = rid
+        return response
 
 
 class APIKeyMiddleware:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, model_validator
+from pydantic import Field, PlainValidator, model_validator
 
+from kaon.entrypoints.openai.protocol_base import IgnoredFields, StrictModel, logger
 from kaon.sampling_params import SamplingParams
 
 MAX_N = 128  # completions per prompt; bounds the work one request can ask for
@@ -54,16 +55,12 @@ StopInput = Annotated[Any, PlainValidator(_validate_stop)]
 Seed = Annotated[int, Field(ge=_SEED_RANGE[0], le=_SEED_RANGE[1])]
 
 
-class StrictModel(BaseModel):
-    # allow_inf_nan: a float field is finite (JSON's 1e999 would parse as inf).
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-
-
 class StreamOptions(StrictModel):
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM: usage in every chunk (with include_usage)
 
 
-class SamplingRequest(StrictModel):
+class SamplingRequest(IgnoredFields):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
     model: str | None = None
@@ -77,7 +74,6 @@ class SamplingRequest(StrictModel):
     stop: StopInput = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None  # an end-user id; accepted and not used
     # vLLM extensions
     top_k: int | None = None
     min_p: float | None = None
@@ -90,8 +86,9 @@ class SamplingRequest(StrictModel):
 
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> SamplingRequest:
-        if self.stream_options is not None and not self.stream:
-            raise ValueError("stream_options: only allowed when stream is true")
+        if self.stream_options is not None and not self.stream:  # OpenAI ignores it too
+            logger.debug("ignoring stream_options: stream is false")
+            self.stream_options = None
         return self
 
     def sampling_params(
@@ -137,6 +134,11 @@ class SamplingRequest(StrictModel):
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
+
+    @property
+    def include_continuous_usage(self) -> bool:
+        """vLLM's ``continuous_usage_stats``: every chunk carries usage (needs include_usage)."""
+        return self.include_usage and self.stream_options.continuous_usage_stats  # type: ignore[union-attr]
 
 
 class CompletionRequest(SamplingRequest):

@@ -3,7 +3,9 @@ a chat.completion object or chat.completion.chunk SSE events.
 
 Stream shape (per choice): a first chunk with ``delta: {"role": "assistant", "content": ""}``,
 content chunks, then one final chunk with an empty delta and the finish_reason; then the usage
-chunk (``stream_options.include_usage``) and ``data: [DONE]``.
+chunk (``stream_options.include_usage``) and ``data: [DONE]``. With vLLM's
+``stream_options.continuous_usage_stats`` every chunk also carries ``usage``: the prompt and
+the tokens generated so far for that chunk's choice.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from kaon.engine.async_llm import RequestStream
 from kaon.entrypoints.openai.logprobs import LogprobFormatter
 from kaon.entrypoints.openai.prompt_limits import check_prompt_chars
 from kaon.entrypoints.openai.protocol import ChatCompletionRequest
+from kaon.entrypoints.openai.request_id import response_id
 from kaon.entrypoints.openai.serving_common import (
     SSE_DONE,
     ChoiceState,
@@ -29,7 +32,6 @@ from kaon.entrypoints.openai.serving_common import (
     bad_request,
     cancel_on_disconnect,
     merge_streams,
-    new_id,
     now,
     sse,
     sse_error,
@@ -62,7 +64,7 @@ class OpenAIServingChat:
             )
         except (OpenAIError, ValueError) as error:
             raise _name_max_tokens(request, error) from None
-        request_id = new_id("chatcmpl")
+        request_id = response_id("chatcmpl-", raw_request)
         streams = await context.add_requests(request_id, [token_ids], params)
         if request.stream:
             body = self._stream(request, request_id, len(token_ids), streams)
@@ -134,21 +136,25 @@ class OpenAIServingChat:
         streams: list[RequestStream],
     ) -> AsyncIterator[str]:
         created, model = now(), self.context.model_name
-        extra = {"usage": None} if request.include_usage else {}
-        num_completion_tokens = 0
+        num_tokens = [0] * request.n  # generated tokens per choice
 
         def chunk(index: int, delta: dict[str, Any], logprobs: Any, finish: Any, stop: Any) -> str:
             choice = {"index": index, "delta": delta, "logprobs": logprobs,
                       "finish_reason": finish, "stop_reason": stop}  # fmt: skip
             data = {"id": request_id, "object": "chat.completion.chunk", "created": created}
-            return sse({**data, "model": model, "choices": [choice], **extra})
+            data = {**data, "model": model, "choices": [choice]}
+            if request.include_continuous_usage:  # vLLM: this choice's tokens so far
+                data["usage"] = usage(num_prompt_tokens, num_tokens[index])
+            elif request.include_usage:
+                data["usage"] = None
+            return sse(data)
 
         try:
             for index in range(request.n):
                 yield chunk(index, {"role": "assistant", "content": ""}, None, None, None)
             async for _, output in merge_streams(streams):
                 for completion in output.outputs:
-                    num_completion_tokens += len(completion.token_ids)
+                    num_tokens[completion.index] += len(completion.token_ids)
                     logprobs = None
                     if request.logprobs and completion.token_ids:
                         logprobs = self.formatter.chat(
@@ -165,7 +171,7 @@ class OpenAIServingChat:
             if request.include_usage:
                 data = {"id": request_id, "object": "chat.completion.chunk", "created": created}
                 yield sse({**data, "model": model, "choices": [],
-                           "usage": usage(num_prompt_tokens, num_completion_tokens)})  # fmt: skip
+                           "usage": usage(num_prompt_tokens, sum(num_tokens))})  # fmt: skip
         except Exception as error:  # the engine stopped mid-stream
             yield sse_error(error)
         finally:

@@ -18,7 +18,9 @@ from fastapi.responses import JSONResponse, Response
 from kaon.engine.async_llm import RequestStream
 from kaon.entrypoints.openai.logprobs import LogprobFormatter
 from kaon.entrypoints.openai.prompt_limits import check_prompt_chars
+from kaon.entrypoints.openai.prompt_scoring import drop_generated, engine_max_tokens
 from kaon.entrypoints.openai.protocol import CompletionRequest
+from kaon.entrypoints.openai.request_id import response_id
 from kaon.entrypoints.openai.serving_common import (
     SSE_DONE,
     ChoiceState,
@@ -29,13 +31,12 @@ from kaon.entrypoints.openai.serving_common import (
     bad_request,
     cancel_on_disconnect,
     merge_streams,
-    new_id,
     now,
     sse,
     sse_error,
     usage,
 )
-from kaon.outputs import PositionLogprobs
+from kaon.outputs import PositionLogprobs, RequestOutput
 
 
 @dataclass
@@ -65,13 +66,16 @@ class OpenAIServingCompletion:
         prompt_logprobs = request.prompt_logprobs
         if request.echo and request.logprobs is not None and prompt_logprobs is None:
             prompt_logprobs = request.logprobs  # echoed prompt tokens carry logprobs too
+        if request.max_tokens == 0 and request.min_tokens > 0:
+            raise bad_request(ValueError("min_tokens must be <= max_tokens, got max_tokens 0"))
         try:
             params = request.sampling_params(
-                request.max_tokens, request.logprobs, prompt_logprobs, context.generation_defaults
-            )
+                engine_max_tokens(request.max_tokens), request.logprobs, prompt_logprobs,
+                context.generation_defaults,
+            )  # fmt: skip
         except ValueError as error:
             raise bad_request(error) from None
-        request_id = new_id("cmpl")
+        request_id = response_id("cmpl-", raw_request)
         streams = await context.add_requests(request_id, [p.token_ids for p in prompts], params)
         if request.stream:
             body = self._stream(request, request_id, prompts, streams)
@@ -112,7 +116,7 @@ class OpenAIServingCompletion:
         n = request.n
         states = [ChoiceState() for _ in range(len(prompts) * n)]
         prompt_logprobs: dict[int, list[PositionLogprobs | None]] = {}
-        async for prompt_index, output in merge_streams(streams):
+        async for prompt_index, output in _outputs(request, streams):
             if output.prompt_logprobs is not None:
                 prompt_logprobs[prompt_index] = output.prompt_logprobs
             for completion in output.outputs:
@@ -166,21 +170,26 @@ class OpenAIServingCompletion:
         streams: list[RequestStream],
     ) -> AsyncIterator[str]:
         n, created, model = request.n, now(), self.context.model_name
-        extra = {"usage": None} if request.include_usage else {}
         started: set[int] = set()
         offsets: dict[int, int] = {}  # choice -> characters of text sent (logprobs text_offset)
-        num_completion_tokens = 0
+        num_tokens = [0] * (len(prompts) * n)  # generated tokens per choice
 
         def chunk(choice: dict[str, Any]) -> str:
             data = {"id": request_id, "object": "text_completion", "created": created}
-            return sse({**data, "model": model, "choices": [choice], **extra})
+            data = {**data, "model": model, "choices": [choice]}
+            if request.include_continuous_usage:  # vLLM: this choice's tokens so far
+                num_prompt = len(prompts[choice["index"] // n].token_ids)
+                data["usage"] = usage(num_prompt, num_tokens[choice["index"]])
+            elif request.include_usage:
+                data["usage"] = None
+            return sse(data)
 
         try:
-            async for prompt_index, output in merge_streams(streams):
+            async for prompt_index, output in _outputs(request, streams):
                 prompt = prompts[prompt_index]
                 for completion in output.outputs:
                     index = prompt_index * n + completion.index
-                    num_completion_tokens += len(completion.token_ids)
+                    num_tokens[index] += len(completion.token_ids)
                     text, echo = completion.text, request.echo and index not in started
                     started.add(index)
                     if echo:
@@ -201,12 +210,20 @@ class OpenAIServingCompletion:
                 num_prompt_tokens = sum(len(prompt.token_ids) for prompt in prompts)
                 data = {"id": request_id, "object": "text_completion", "created": created}
                 yield sse({**data, "model": model, "choices": [],
-                           "usage": usage(num_prompt_tokens, num_completion_tokens)})  # fmt: skip
+                           "usage": usage(num_prompt_tokens, sum(num_tokens))})  # fmt: skip
         except Exception as error:  # the engine stopped mid-stream
             yield sse_error(error)
         finally:
             abort_all(streams)
         yield SSE_DONE
+
+
+def _outputs(
+    request: CompletionRequest, streams: list[RequestStream]
+) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """The engine's outputs; a max_tokens 0 request's one generated token is dropped."""
+    outputs = merge_streams(streams)
+    return drop_generated(outputs) if request.max_tokens == 0 else outputs
 
 
 def _check_token_ids(token_ids: list[int], vocab_size: int) -> None:

@@ -1,7 +1,8 @@
 """The data-parallel front: one OpenAI endpoint that forwards each request to a replica.
 
-    client --> [HTTP metrics] --> [CORS] --> [API key] --> route
-      /v1/completions, /v1/chat/completions   validate + tokenize (RequestInspector)
+    client --> [x-request-id] --> [HTTP metrics] --> [CORS] --> [API key] --> route
+      /v1/completions, /v1/chat/completions,  validate + tokenize (RequestInspector)
+      /v1/responses
                                               -> Router.route (affinity / outstanding tokens)
                                               -> replica; SSE passes through event by event
       /v1/models, /tokenize, /detokenize,     -> the least loaded replica, as is
@@ -12,7 +13,8 @@
 
 A replica that dies mid-request: a non-streaming request gets a 502 envelope (code
 ``replica_failed``); a stream gets an SSE error event and ``data: [DONE]``. Every response a
-replica produced carries ``x-kaon-replica: <index>``.
+replica produced carries ``x-kaon-replica: <index>``. Every response carries the front's
+``x-request-id``, which is also sent to the replica (so both logs name the request alike).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from kaon.entrypoints.openai.api_server import (
     _add_error_handlers,
 )
 from kaon.entrypoints.openai.cors import CORSOptions, add_browser_support
+from kaon.entrypoints.openai.request_id import HEADER as REQUEST_ID_HEADER
+from kaon.entrypoints.openai.request_id import RequestIdMiddleware, request_id
 from kaon.entrypoints.openai.serving_common import (
     SSE_DONE,
     OpenAIError,
@@ -135,6 +139,7 @@ class ReplicaProxy:
         self, raw_request: Request, replica: Replica, body: bytes, path: str | None = None
     ) -> httpx.Response:
         headers = {k: v for k, v in raw_request.headers.items() if k in _REQUEST_HEADERS}
+        headers[REQUEST_ID_HEADER] = request_id(raw_request)
         request = self.client.build_request(
             raw_request.method, replica.url + (path or raw_request.url.path),
             params=raw_request.query_params, headers=headers, content=body,
@@ -216,6 +221,7 @@ def build_router_app(
 
     generation_route("/v1/completions", inspector.completion)
     generation_route("/v1/chat/completions", inspector.chat)
+    generation_route("/v1/responses", inspector.responses)
     for method, path in (("GET", "/v1/models"), ("GET", "/v1/models/{model:path}"),
                          ("GET", "/version"), ("POST", "/tokenize"), ("POST", "/detokenize"),
                          ("GET", "/tokenizer_info")):  # fmt: skip
@@ -242,6 +248,7 @@ def build_router_app(
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
     add_browser_support(app, cors or CORSOptions())
     app.add_middleware(HTTPMetricsMiddleware, stat_logger=metrics)
+    app.add_middleware(RequestIdMiddleware)  # outermost: 401s carry the id too
     return app
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kaon.entrypoints.openai.protocol import ChatCompletionRequest, CompletionRequest
+from kaon.entrypoints.openai.protocol import ChatCompletionRequest, CompletionRequest, message_dicts
+from kaon.entrypoints.openai.protocol_responses import ResponsesRequest
 from kaon.entrypoints.openai.serving_common import OpenAIError, bad_request, parse_body
 from kaon.entrypoints.router.policy import block_prefix_hashes
 
@@ -64,6 +65,18 @@ class RequestInspector:
         token_ids = self.tokenizer.encode(text)
         max_tokens = request.requested_max_tokens
         return self._info([token_ids], max_tokens, request.n, bool(request.stream))
+
+    def responses(self, body: bytes) -> RoutingInfo:
+        """/v1/responses. Raises OpenAIError 400 naming the bad field (e.g. input[0].role)."""
+        request = parse_body(ResponsesRequest, body)
+        try:
+            text = self.tokenizer.apply_chat_template(
+                message_dicts(request.chat_messages()), add_generation_prompt=True
+            )
+        except ValueError as error:
+            raise bad_request(error) from None
+        token_ids = self.tokenizer.encode(text)
+        return self._info([token_ids], request.max_output_tokens, 1, request.stream)
 
     def _info(
         self, prompts: list[list[int]], max_tokens: int | None, n: int, stream: bool
