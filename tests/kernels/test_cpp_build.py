@@ -101,3 +101,15 @@ def test_no_compiler_falls_back_to_torch_with_a_log_line(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"torch {EXPECTED} builds 0"
     assert "no C++ compiler ('/nonexistent/c++') found" in result.stderr
+
+
+def test_unwritable_cache_dir_falls_back_to_torch(tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    env = _env(blocker / "kernels")  # mkdir fails: its parent is a file
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=180
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"torch {EXPECTED} builds 0"
+    assert "C++ kernels kaon_test_add_one unavailable" in result.stderr
