@@ -87,7 +87,11 @@ def load_cpp_module(name: str, source: str, functions: list[str]) -> ModuleType 
         return _modules[name]
     with _lock:
         if name not in _modules:
-            _modules[name] = _load_or_build(name, source, functions)
+            try:
+                _modules[name] = _load_or_build(name, source, functions)
+            except OSError as error:  # e.g. a read-only or full cache directory
+                logger.warning("C++ kernels %s unavailable (%s): using torch", name, error)
+                _modules[name] = None
     return _modules[name]
 
 

@@ -8,7 +8,7 @@ import pytest
 from kaon.sampling_params import SamplingParams
 
 TEXT = "The capital of France is"
-GREEDY = SamplingParams(temperature=0.0, max_tokens=8)
+GREEDY = SamplingParams(temperature=0.0, max_tokens=4)
 
 
 def test_prompt_dicts_give_the_plain_forms_outputs(llm):
