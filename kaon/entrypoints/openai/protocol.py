@@ -1,7 +1,8 @@
 """Pydantic request models of the OpenAI-compatible API (OpenAI names, plus vLLM's extensions).
 
 Every model forbids unknown fields and is strict (no "1" -> 1 coercion), so an unsupported or
-mistyped parameter is a 400 naming it rather than being silently ignored. Union-typed fields
+mistyped parameter is a 400 naming it rather than being silently ignored; an explicit null is
+"not set" (protocol_base.py). Union-typed fields
 (prompt, stop, content) use plain validators so their errors name the field, not a union branch.
 Responses are built as plain dicts in the serving modules, in OpenAI's shapes.
 
@@ -145,7 +146,8 @@ class CompletionRequest(SamplingRequest):
     """POST /v1/completions."""
 
     prompt: PromptInput
-    max_tokens: int | None = 16  # OpenAI's default; null = the rest of the context
+    max_tokens: int | None = 16  # OpenAI's default; null = the rest of the context; 0 = score
+    # the prompt (prompt_scoring.py)
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=20)
     best_of: int | None = None  # only best_of == n is supported
