@@ -283,7 +283,7 @@ RENDER = """async (source) => {
          "<em>it</em> <strong>bo</strong></p>"),
         ("- one\n- two\n  more\n\n3. three", "<ul><li>one</li><li>two<br>more</li></ul>"
          '<ol start="3"><li>three</li></ol>'),
-        ("```py\nx = '<i>'\n", '<pre data-language="py"><code class="language-py">'
+        ("```py\nx = '<i>'", '<pre data-language="py"><code class="language-py">'
          "x = '&lt;i&gt;'</code></pre>"),  # an unclosed fence while streaming
         ("> quote\n\na\nb", "<blockquote><p>quote</p></blockquote><p>a<br>b</p>"),
         ("see https://x.org/a_b. [t](data:text/html,x) ![i](https://x.org/i.png)",
@@ -327,8 +327,10 @@ def test_cross_origin_fetch_follows_allowed_origins(
 
 
 def test_cors_head_and_allow_over_http(web_server: ServerProcess, origins: dict[str, str]) -> None:
-    """No browser: the same server's preflight answers, HEAD and 405 Allow."""
+    """No browser: the same server's preflight answers, HEAD and 405 Allow; the page's
+    address in the start-up log."""
     url = web_server.url
+    assert f"chat page at {url}/ (OpenAI API at {url}/v1)" in web_server.log_path.read_text()
     preflight = {"Access-Control-Request-Method": "POST",
                  "Access-Control-Request-Headers": "authorization,content-type"}  # fmt: skip
     allowed = httpx.options(
