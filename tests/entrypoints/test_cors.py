@@ -99,6 +99,7 @@ def test_allowed_origin_gets_cors_headers_even_on_401() -> None:
         "/v1/chat/completions", headers={"Origin": ALLOWED, "Authorization": "Bearer key"}
     )
     assert ok.json() == {"ok": True} and ok.headers["access-control-allow-origin"] == ALLOWED
+    assert ok.headers["access-control-expose-headers"] == "Retry-After, x-request-id"
     # A wrong key: the page on the allowed origin can read the 401 and show it.
     denied = client.post("/v1/chat/completions", headers={"Origin": ALLOWED})
     assert denied.status_code == 401 and denied.headers["access-control-allow-origin"] == ALLOWED

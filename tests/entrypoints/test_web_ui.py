@@ -268,6 +268,37 @@ def test_markup_in_messages_shows_as_text(page, artifact_dir: Path) -> None:
     page.screenshot(path=str(artifact_dir / "kaon-chat-markup.png"))
 
 
+RENDER = """async (source) => {
+    const { renderMarkdown } = await import('/static/markdown.js');
+    const box = document.createElement('div');
+    box.append(renderMarkdown(source));
+    return box.innerHTML;
+}"""
+
+
+@pytest.mark.parametrize(
+    ("source", "html"),
+    [
+        ("# Title\nsome `a<b>` *it* **bo**", "<h3>Title</h3><p>some <code>a&lt;b&gt;</code> "
+         "<em>it</em> <strong>bo</strong></p>"),
+        ("- one\n- two\n  more\n\n3. three", "<ul><li>one</li><li>two<br>more</li></ul>"
+         '<ol start="3"><li>three</li></ol>'),
+        ("```py\nx = '<i>'", '<pre data-language="py"><code class="language-py">'
+         "x = '&lt;i&gt;'</code></pre>"),  # an unclosed fence while streaming
+        ("> quote\n\na\nb", "<blockquote><p>quote</p></blockquote><p>a<br>b</p>"),
+        ("see https://x.org/a_b. [t](data:text/html,x) ![i](https://x.org/i.png)",
+         '<p>see <a href="https://x.org/a_b" target="_blank" rel="noopener noreferrer nofollow">'
+         "https://x.org/a_b</a>. [t](data:text/html,x) !<a "
+         'href="https://x.org/i.png" target="_blank" rel="noopener noreferrer nofollow">i</a></p>'),
+        ('<a href="javascript:x">y</a><svg onload=alert(1)>',
+         "<p>&lt;a href=\"javascript:x\"&gt;y&lt;/a&gt;&lt;svg onload=alert(1)&gt;</p>"),
+    ],
+)  # fmt: skip
+def test_markdown_renderer(page, source: str, html: str) -> None:
+    """The page's renderer, run in the browser: the HTML it builds for Markdown and markup."""
+    assert page.evaluate(RENDER, source) == html
+
+
 def test_server_unreachable_is_reported(page) -> None:
     page.route("**/v1/chat/completions", lambda route: route.abort("connectionrefused"))
     try:
@@ -296,8 +327,10 @@ def test_cross_origin_fetch_follows_allowed_origins(
 
 
 def test_cors_head_and_allow_over_http(web_server: ServerProcess, origins: dict[str, str]) -> None:
-    """No browser: the same server's preflight answers, HEAD and 405 Allow."""
+    """No browser: the same server's preflight answers, HEAD and 405 Allow; the page's
+    address in the start-up log."""
     url = web_server.url
+    assert f"chat page at {url}/ (OpenAI API at {url}/v1)" in web_server.log_path.read_text()
     preflight = {"Access-Control-Request-Method": "POST",
                  "Access-Control-Request-Headers": "authorization,content-type"}  # fmt: skip
     allowed = httpx.options(

@@ -23,6 +23,8 @@ from fastapi.routing import APIRoute
 from starlette.middleware.cors import CORSMiddleware
 
 _ORIGIN = re.compile(r"^https?://[^/\s]+$")  # scheme://host[:port], no path
+# Response headers a cross-origin page may read beyond the CORS-safelisted ones.
+_EXPOSED_HEADERS = ["Retry-After", "x-request-id"]
 
 
 @dataclass
@@ -117,4 +119,5 @@ def add_browser_support(app: FastAPI, cors: CORSOptions) -> None:
         allow_methods=cors.allowed_methods,
         allow_headers=cors.allowed_headers,
         allow_credentials=cors.allow_credentials,
+        expose_headers=_EXPOSED_HEADERS,
     )

@@ -28,7 +28,12 @@ function load() {
 
 function save() {
   const { conversations, currentId } = state;
-  localStorage.setItem(STORE_KEY, JSON.stringify({ conversations, currentId }));
+  try {
+    localStorage.setItem(STORE_KEY, JSON.stringify({ conversations, currentId }));
+  } catch (error) {
+    showError(`Could not save the conversations in this browser: ${error.message}. `
+      + "Delete old conversations to make room.");
+  }
 }
 
 const SETTING_FIELDS = {
@@ -97,7 +102,7 @@ function statsText(stats) {
   const parts = [];
   if (stats.ttftMs != null) parts.push(`TTFT ${(stats.ttftMs / 1000).toFixed(2)} s`);
   if (stats.tokensPerS != null) parts.push(`${stats.tokensPerS.toFixed(1)} tokens/s`);
-  if (stats.numTokens != null) parts.push(`${stats.numTokens} tokens`);
+  if (stats.numTokens != null) parts.push(`${stats.numTokens} token${stats.numTokens === 1 ? "" : "s"}`);
   if (stats.finishReason) parts.push(`finish: ${stats.finishReason}`);
   return parts.join(" · ");
 }
