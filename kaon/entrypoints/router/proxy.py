@@ -31,6 +31,10 @@ from kaon.entrypoints.openai.api_server import (
     HTTPMetricsMiddleware,
     _add_error_handlers,
 )
+from kaon.entrypoints.openai.request_guard import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    RequestGuardMiddleware,
+)
 from kaon.entrypoints.openai.serving_common import (
     SSE_DONE,
     OpenAIError,
@@ -180,9 +184,11 @@ def build_router_app(
     inspector: RequestInspector,
     api_key: str | None = None,
     shutdown_timeout: float = 30.0,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
 ) -> FastAPI:
     """The front's FastAPI app; its lifespan starts the replicas (all must pass /health before
-    it serves) and stops them, so no replica outlives the app."""
+    it serves) and stops them, so no replica outlives the app. Bodies over
+    ``max_request_bytes`` and non-JSON POSTs are refused here (413 / 415), before any replica."""
     metrics = RouterMetrics(pool)
     proxy: ReplicaProxy | None = None
 
@@ -233,6 +239,9 @@ def build_router_app(
     async def replicas() -> JSONResponse:
         return JSONResponse({"data": [_replica_state(pool, r) for r in pool.replicas]})
 
+    app.add_middleware(
+        RequestGuardMiddleware, max_request_bytes=max_request_bytes, dead_reason=lambda: None
+    )
     if api_key is not None:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
     app.add_middleware(HTTPMetricsMiddleware, stat_logger=metrics)

@@ -61,6 +61,7 @@ def replica_command(
     argv += ["--data-parallel-size", "1", "--num-threads", str(num_threads)]
     argv += ["--max-waiting-requests", str(args.max_waiting_requests)]
     argv += ["--shutdown-timeout", str(args.shutdown_timeout)]
+    argv += ["--max-request-bytes", str(args.max_request_bytes)]
     if args.served_model_name:
         argv += ["--served-model-name", *args.served_model_name]
     if args.log_level:
@@ -108,7 +109,9 @@ def run_router(args: argparse.Namespace, options: dict[str, Any]) -> int:
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     pool = ReplicaPool(command, Router(num_replicas), headers=headers)
     inspector = RequestInspector(tokenizer, config.cache_config.block_size, max_model_len=0)
-    app = build_router_app(pool, inspector, args.api_key, args.shutdown_timeout)
+    app = build_router_app(
+        pool, inspector, args.api_key, args.shutdown_timeout, args.max_request_bytes
+    )
     log_level = (args.log_level or logging.getLevelName(logger.getEffectiveLevel())).lower()
     server_config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level=log_level, log_config=None,
