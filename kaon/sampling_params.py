@@ -160,7 +160,7 @@ def _token_id_key(key: object) -> int:
     if isinstance(key, bool) or not isinstance(key, int):
         raise ValueError(f"logit_bias keys must be token ids (ASCII digits), got {_short(key)}")
     if not 0 <= key <= MAX_INT32:
-        raise ValueError(f"logit_bias keys must be token ids >= 0, got {_short(key)}")
+        raise ValueError(f"logit_bias keys must be token ids in [0, 2**31), got {_short(key)}")
     return key
 
 

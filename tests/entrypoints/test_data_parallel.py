@@ -159,7 +159,8 @@ def test_front_endpoints_and_errors(dp_server: ServerProcess, llm) -> None:
         client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "x", "content": "y"}])
     assert bad_role.value.body["param"].startswith("messages[0]")
     url = f"{dp_server.url}/v1/completions"
-    not_json = httpx.post(url, content=b"{", headers=headers, timeout=30)
+    json_headers = {**headers, "Content-Type": "application/json"}
+    not_json = httpx.post(url, content=b"{", headers=json_headers, timeout=30)
     assert (not_json.status_code, not_json.json()["error"]["param"]) == (400, "body")
     unknown = httpx.post(url, json={"prompt": "x", "best_of": 2}, headers=headers, timeout=30)
     assert (unknown.status_code, unknown.json()["error"]["param"]) == (400, "best_of")

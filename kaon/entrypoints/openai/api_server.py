@@ -147,7 +147,7 @@ def build_app(
     @app.post("/detokenize")
     async def detokenize(raw_request: Request) -> dict[str, Any]:
         request = parse_body(DetokenizeRequest, await raw_request.body())
-        return serving_tokenization.detokenize(context, request)
+        return await asyncio.to_thread(serving_tokenization.detokenize, context, request)
 
     @app.get("/tokenizer_info")
     async def tokenizer_info() -> dict[str, Any]:

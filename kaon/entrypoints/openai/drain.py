@@ -27,7 +27,7 @@ from kaon.engine.async_llm import AsyncLLM
 logger = logging.getLogger("kaon")
 
 _RESPONSE_GRACE_S = 2.0  # time failed requests get to write their 503 / SSE error
-_DEAD_EXIT_DELAY_S = 1.0  # probes see the 503 for this long before the server stops
+_DEAD_EXIT_DELAY_S = 2.0  # probes see the 503 for this long before the server stops
 
 
 class DrainingServer(uvicorn.Server):

@@ -35,6 +35,10 @@ from kaon.entrypoints.openai.api_server import (
     _add_error_handlers,
 )
 from kaon.entrypoints.openai.cors import CORSOptions, add_browser_support
+from kaon.entrypoints.openai.request_guard import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    RequestGuardMiddleware,
+)
 from kaon.entrypoints.openai.request_id import HEADER as REQUEST_ID_HEADER
 from kaon.entrypoints.openai.request_id import RequestIdMiddleware, request_id
 from kaon.entrypoints.openai.serving_common import (
@@ -189,9 +193,11 @@ def build_router_app(
     api_key: str | None = None,
     shutdown_timeout: float = 30.0,
     cors: CORSOptions | None = None,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
 ) -> FastAPI:
     """The front's FastAPI app; its lifespan starts the replicas (all must pass /health before
-    it serves) and stops them, so no replica outlives the app."""
+    it serves) and stops them, so no replica outlives the app. Bodies over
+    ``max_request_bytes`` and non-JSON POSTs are refused here (413 / 415), before any replica."""
     metrics = RouterMetrics(pool)
     proxy: ReplicaProxy | None = None
 
@@ -244,6 +250,9 @@ def build_router_app(
         return JSONResponse({"data": [_replica_state(pool, r) for r in pool.replicas]})
 
     add_chat_page(app)
+    app.add_middleware(
+        RequestGuardMiddleware, max_request_bytes=max_request_bytes, dead_reason=lambda: None
+    )
     if api_key is not None:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
     add_browser_support(app, cors or CORSOptions())

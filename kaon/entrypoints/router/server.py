@@ -63,6 +63,7 @@ def replica_command(
     argv += ["--data-parallel-size", "1", "--num-threads", str(num_threads)]
     argv += ["--max-waiting-requests", str(args.max_waiting_requests)]
     argv += ["--shutdown-timeout", str(args.shutdown_timeout)]
+    argv += ["--max-request-bytes", str(args.max_request_bytes)]
     if args.served_model_name:
         argv += ["--served-model-name", *args.served_model_name]
     if args.log_level:
@@ -111,7 +112,9 @@ def run_router(args: argparse.Namespace, options: dict[str, Any]) -> int:
     pool = ReplicaPool(command, Router(num_replicas), headers=headers)
     inspector = RequestInspector(tokenizer, config.cache_config.block_size, max_model_len=0)
     cors = CORSOptions.from_args(args)
-    app = build_router_app(pool, inspector, args.api_key, args.shutdown_timeout, cors)
+    app = build_router_app(
+        pool, inspector, args.api_key, args.shutdown_timeout, cors, args.max_request_bytes
+    )
     logger.info("chat page at %s", page_url(args.host, args.port))
     log_level = (args.log_level or logging.getLevelName(logger.getEffectiveLevel())).lower()
     server_config = uvicorn.Config(
