@@ -168,7 +168,10 @@ class _ResponseBuilder:
         num_output = len(self.state.token_ids)
         return {
             "input_tokens": self.num_input_tokens,
-            "input_tokens_details": {"cached_tokens": self.num_cached_tokens},
+            "input_tokens_details": {
+                "cached_tokens": self.num_cached_tokens,
+                "cache_write_tokens": 0,
+            },
             "output_tokens": num_output,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": self.num_input_tokens + num_output,
