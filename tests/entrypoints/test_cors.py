@@ -156,3 +156,22 @@ def test_page_url() -> None:
     assert page_url("127.0.0.1", 8000) == "http://127.0.0.1:8000/"
     assert page_url("0.0.0.0", 80) == "http://localhost:80/"
     assert page_url("::1", 8000) == "http://[::1]:8000/"
+
+
+def test_data_parallel_front_has_the_page_and_cors() -> None:
+    """The front's app, without starting replicas (no lifespan): same page, CORS and 405."""
+    from kaon.entrypoints.router.policy import Router
+    from kaon.entrypoints.router.proxy import build_router_app
+    from kaon.entrypoints.router.replica import ReplicaPool
+    from kaon.entrypoints.router.request_info import RequestInspector
+
+    pool = ReplicaPool(["true"], Router(1))
+    inspector = RequestInspector(None, 16, max_model_len=0)
+    client = TestClient(build_router_app(pool, inspector, "key", 1.0, CORSOptions([ALLOWED])))
+    assert client.get("/").headers["content-type"].startswith("text/html")
+    assert client.head("/static/app.js").status_code == 200
+    preflight = client.options("/v1/chat/completions", headers={**PREFLIGHT, "Origin": ALLOWED})
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == ALLOWED
+    not_allowed = client.get("/v1/chat/completions", headers={"Authorization": "Bearer key"})
+    assert not_allowed.status_code == 405 and not_allowed.headers["allow"] == "POST"
