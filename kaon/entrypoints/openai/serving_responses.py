@@ -34,6 +34,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from kaon.engine.async_llm import EngineDeadError, RequestStream
+from kaon.entrypoints.openai.prompt_limits import check_prompt_chars
 from kaon.entrypoints.openai.protocol import message_dicts
 from kaon.entrypoints.openai.protocol_responses import ResponsesRequest
 from kaon.entrypoints.openai.request_id import response_id
@@ -90,6 +91,7 @@ class OpenAIServingResponses:
             )
         except ValueError as error:
             raise bad_request(error) from None
+        check_prompt_chars(text, "input", tokenizer, self.context.max_model_len)
         return tokenizer.encode(text)
 
     def _sampling_params(self, request: ResponsesRequest, max_tokens: int) -> SamplingParams:
