@@ -316,7 +316,9 @@ def test_shutdown_timeout_fails_running_requests_with_503(hostile_server: Server
     code = hostile_server.process.wait(timeout=60)
     elapsed = time.monotonic() - start
     assert code == 0
-    assert SHUTDOWN_TIMEOUT_S - 0.5 < elapsed < SHUTDOWN_TIMEOUT_S + 6, elapsed
+    # Exits once the timeout expired, not after the 1,900 tokens (minutes on this machine); the
+    # upper margin absorbs a loaded CI machine's slower teardown.
+    assert SHUTDOWN_TIMEOUT_S - 0.5 < elapsed < SHUTDOWN_TIMEOUT_S + 25, elapsed
     assert_envelope(results["full"], 503, None, "engine_unavailable")  # type: ignore[arg-type]
     events = results["events"]
     assert events[-1] == "data: [DONE]"  # type: ignore[index]
