@@ -9,8 +9,17 @@ Format: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md. Tensor names 
 
 llama.cpp's converter permutes the rows of Llama's q/k weights so that the two features rotated
 together by RoPE are adjacent (Meta's original interleaved layout). We undo that permutation to get
-back Hugging Face's "rotate half" layout, which our RotaryEmbedding uses. Qwen2 files are not
-permuted.
+back Hugging Face's "rotate half" layout, which our RotaryEmbedding uses. Qwen2 and Gemma 3 files
+are not permuted.
+
+Gemma 3 has four norms per layer and per-head q/k norms:
+
+    attn_norm -> input_layernorm           post_attention_norm -> post_attention_layernorm
+    ffn_norm  -> pre_feedforward_layernorm post_ffw_norm       -> post_feedforward_layernorm
+    attn_q_norm, attn_k_norm -> self_attn.q_norm, self_attn.k_norm
+
+llama.cpp's converter stores Gemma's RMSNorm weights as ``1 + w`` (convert_hf_to_gguf.py adds the
+1; transformers' GGUF loader subtracts it again), which is the multiplier kaon's Gemma3 keeps.
 """
 
 from __future__ import annotations
@@ -22,7 +31,12 @@ import numpy as np
 import torch
 
 from kaon.layers.quantization.gguf import NATIVE_INT4_TYPES, Int4Blocks, decode_int4_blocks
-from kaon.models.architecture import GGUF_ARCHITECTURES, ArchitectureConfig
+from kaon.models.architecture import (
+    GEMMA3_SLIDING_WINDOW_PATTERN,
+    GGUF_ARCHITECTURES,
+    ArchitectureConfig,
+    gemma3_layer_types,
+)
 
 _LAYER_NAMES = {
     "attn_q": "self_attn.q_proj",
@@ -34,6 +48,14 @@ _LAYER_NAMES = {
     "ffn_down": "mlp.down_proj",
     "attn_norm": "input_layernorm",
     "ffn_norm": "post_attention_layernorm",
+}
+_GEMMA3_LAYER_NAMES = {
+    **_LAYER_NAMES,
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "post_attention_norm": "post_attention_layernorm",
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
 }
 _TOP_NAMES = {"token_embd": "embed_tokens", "output": "lm_head", "output_norm": "norm"}
 
@@ -82,6 +104,7 @@ def architecture_from_metadata(metadata: dict[str, object]) -> ArchitectureConfi
     if key("rope.scaling.type") == "linear":
         rope_scaling = {"rope_type": "linear", "factor": float(key("rope.scaling.factor"))}  # type: ignore[arg-type]
     eos = metadata.get("tokenizer.ggml.eos_token_id")
+    extra = _gemma3_metadata(metadata, key) if arch == "gemma3" else {}
     return ArchitectureConfig(
         architecture=GGUF_ARCHITECTURES[arch],  # type: ignore[index]
         hidden_size=hidden_size,
@@ -99,14 +122,44 @@ def architecture_from_metadata(metadata: dict[str, object]) -> ArchitectureConfi
         attention_bias=arch == "qwen2",
         bos_token_id=metadata.get("tokenizer.ggml.bos_token_id"),  # type: ignore[arg-type]
         eos_token_ids=[int(eos)] if eos is not None else [],  # type: ignore[arg-type]
+        **extra,
     )
 
 
-def _hf_name(gguf_name: str) -> str | None:
+def _gemma3_metadata(metadata: dict[str, object], key) -> dict[str, object]:
+    """Gemma 3 fields, with llama.cpp's defaults where the file is silent (llama-model.cpp:
+    sliding-window pattern 6, local RoPE base 10,000, attention scale 1/sqrt(head_dim) except the
+    62-layer 27B model's 1/sqrt(hidden_size / num_heads)).
+
+    Raises:
+        ValueError: naming ``gemma3.attn_logit_softcapping`` (not implemented).
+    """
+    if key("attn_logit_softcapping") is not None:
+        raise ValueError("gemma3.attn_logit_softcapping: attention soft-capping is not supported")
+    num_layers = int(key("block_count"))  # type: ignore[arg-type]
+    hidden_size, num_heads = int(key("embedding_length")), int(key("attention.head_count"))  # type: ignore[arg-type]
+    head_dim = int(key("attention.key_length", hidden_size // num_heads))  # type: ignore[arg-type]
+    pattern = key("attention.sliding_window_pattern")
+    if isinstance(pattern, list):  # per layer: true = sliding
+        layer_types = ["sliding_attention" if p else "full_attention" for p in pattern]
+    else:
+        layer_types = gemma3_layer_types(num_layers, int(pattern or GEMMA3_SLIDING_WINDOW_PATTERN))  # type: ignore[arg-type]
+    softcap = key("final_logit_softcapping")
+    fields: dict[str, object] = {
+        "layer_types": layer_types,
+        "sliding_window": int(key("attention.sliding_window", 4096)),  # type: ignore[arg-type]
+        "rope_local_theta": float(key("rope.freq_base_swa", 10_000.0)),  # type: ignore[arg-type]
+        "query_pre_attn_scalar": hidden_size / num_heads if num_layers == 62 else head_dim,
+        "final_logit_softcapping": float(softcap) if softcap is not None else None,  # type: ignore[arg-type]
+    }
+    return fields
+
+
+def _hf_name(gguf_name: str, layer_names: dict[str, str] = _LAYER_NAMES) -> str | None:
     base, _, suffix = gguf_name.rpartition(".")  # suffix: weight | bias
     parts = base.split(".")
-    if parts[0] == "blk" and len(parts) == 3 and parts[2] in _LAYER_NAMES:
-        return f"layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.{suffix}"
+    if parts[0] == "blk" and len(parts) == 3 and parts[2] in layer_names:
+        return f"layers.{parts[1]}.{layer_names[parts[2]]}.{suffix}"
     if base in _TOP_NAMES:
         return f"{_TOP_NAMES[base]}.{suffix}"
     return None
@@ -140,9 +193,15 @@ def iter_gguf_tensors(
     """
     from gguf.quants import dequantize
 
-    permute = config.architecture != "Qwen2ForCausalLM"
+    permute = config.architecture in ("LlamaForCausalLM", "MistralForCausalLM")
+    gemma = config.architecture == "Gemma3ForCausalLM"
+    layer_names = _GEMMA3_LAYER_NAMES if gemma else _LAYER_NAMES
     for tensor in reader.tensors:
-        name = "rope_freqs" if tensor.name == "rope_freqs.weight" else _hf_name(tensor.name)
+        name = (
+            "rope_freqs"
+            if tensor.name == "rope_freqs.weight"
+            else _hf_name(tensor.name, layer_names)
+        )
         if name is None:
             continue
         if int4_native and _is_linear(name) and tensor.tensor_type.name in NATIVE_INT4_TYPES:

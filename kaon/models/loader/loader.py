@@ -13,15 +13,15 @@ from kaon.distributed.parallel_state import building_with
 from kaon.layers.quantization import quantize_model, take_int4_blocks
 from kaon.layers.quantization import validate as validate_quantization
 from kaon.models.architecture import ArchitectureConfig
-from kaon.models.llama import LlamaForCausalLM
 from kaon.models.loader.default_model import DEFAULT_MODEL_NAME, default_model_path
+from kaon.models.registry import SINGLE_RANK_ARCHITECTURES, model_class
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class LoadedModel:
-    model: LlamaForCausalLM
+    model: torch.nn.Module  # LlamaForCausalLM | Gemma3ForCausalLM (kaon.models.registry)
     config: ArchitectureConfig  # the full model's, also on a tensor-parallel rank
     tokenizer: object  # kaon.tokenizer.Tokenizer
     name: str  # served model name: the file or directory stem
@@ -160,29 +160,29 @@ def _build(
     freq_divisors: torch.Tensor | None,
     tp_group: TensorParallelGroup | None = None,
     quant: tuple[str, int] = ("none", 32),
-) -> LlamaForCausalLM:
+) -> torch.nn.Module:
     """Create the model and fill it, fusing q/k/v and gate/up into one weight each, then
     quantize its linear weights (``quant``: scheme, group size)."""
     validate_quantization(*quant)
     full_config = config
+    if tp_group is not None and config.architecture in SINGLE_RANK_ARCHITECTURES:
+        raise ValueError(
+            f"tensor_parallel_size: {config.architecture} runs on one rank only "
+            f"(got {tp_group.world_size})"
+        )
     if tp_group is not None:
         from kaon.models.loader.tp_shard import local_config, plan_for
 
         config = local_config(config, plan_for(config, tp_group.rank, tp_group.world_size))
+    cls = model_class(config)
     with torch.device("meta"), building_with(tp_group):
-        model = LlamaForCausalLM(config)
-    params = _fuse(full_config, tensors)
+        model = cls(config)
+    params = _fuse(full_config, tensors, getattr(cls, "layer_norms", _LLAMA_LAYER_NORMS))
     native = take_int4_blocks(model, params)  # their float parameters are never allocated
     model = model.to_empty(device=device).to(dtype)
     # Buffers were on meta: rebuild the RoPE tables for real.
-    model.rotary.__init__(  # type: ignore[misc]
-        config.head_dim,
-        config.max_position_embeddings,
-        config.rope_theta,
-        config.rope_scaling,
-        freq_divisors,
-    )
-    model.rotary.to(device)
+    model.build_rotary(freq_divisors)
+    model.to(device)
     own = dict(model.named_parameters())
     missing = sorted(set(own) - set(params))
     if missing:
@@ -204,8 +204,13 @@ def _build(
     return model.eval()
 
 
+_LLAMA_LAYER_NORMS = ("input_layernorm", "post_attention_layernorm")
+
+
 def _fuse(
-    config: ArchitectureConfig, tensors: dict[str, torch.Tensor]
+    config: ArchitectureConfig,
+    tensors: dict[str, torch.Tensor],
+    layer_norms: tuple[str, ...] = _LLAMA_LAYER_NORMS,
 ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
     """Parameter name -> tensor, or the parts a fused parameter is concatenated from (dim 0)."""
     params: dict[str, torch.Tensor | list[torch.Tensor]] = {}
@@ -229,6 +234,6 @@ def _fuse(
         params[f"{attn}.o_proj"] = take("self_attn.o_proj.weight")
         params[f"{mlp}.gate_up_proj"] = [take("mlp.gate_proj.weight"), take("mlp.up_proj.weight")]
         params[f"{mlp}.down_proj"] = take("mlp.down_proj.weight")
-        for norm in ("input_layernorm", "post_attention_layernorm"):
+        for norm in layer_norms:
             params[f"{prefix}.{norm}.weight"] = take(f"{norm}.weight")
     return params
