@@ -60,19 +60,36 @@ _GEMMA3_LAYER_NAMES = {
 _TOP_NAMES = {"token_embd": "embed_tokens", "output": "lm_head", "output_norm": "norm"}
 
 
+# Tensor types the gguf package dequantizes (gguf 0.18); others are refused by name.
+SUPPORTED_GGUF_TYPES = (
+    "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
+    "Q6_K", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_NL",
+    "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4",
+)  # fmt: skip
+
+
 def open_gguf(path: str | Path):  # -> gguf.GGUFReader
     """Open a GGUF file.
 
     Raises:
-        ValueError: naming the file when it is not a readable GGUF (bad magic, truncated header).
+        ValueError: naming the file when it is not a readable GGUF: bad magic, a header or tensor
+            data cut short (the file's size is given), or a tensor type code the gguf package
+            does not know (with the types kaon loads).
     """
     import gguf
 
     try:
         return gguf.GGUFReader(str(path))
     except Exception as error:  # the reader raises ValueError, struct/IndexError on corrupt files
+        if "GGMLQuantizationType" in str(error):
+            raise ValueError(
+                f"{path}: a tensor has an unknown GGUF type ({error}); kaon loads "
+                f"{', '.join(SUPPORTED_GGUF_TYPES)}"
+            ) from error
+        size = Path(path).stat().st_size
         raise ValueError(
-            f"{path} is not a valid GGUF file (truncated, or not GGUF at all): {error}"
+            f"{path} is not a valid GGUF file (truncated, or not GGUF at all; {size} bytes): "
+            f"{error}"
         ) from error
 
 
@@ -215,9 +232,10 @@ def iter_gguf_tensors(
         try:
             array = dequantize(tensor.data, tensor.tensor_type)
         except NotImplementedError as error:
+            source = getattr(reader.data, "filename", "GGUF file")
             raise ValueError(
-                f"GGUF tensor {tensor.name} has type {tensor.tensor_type.name}, "
-                f"which cannot be dequantized: {error}"
+                f"{source}: tensor {tensor.name} has type {tensor.tensor_type.name}, which kaon "
+                f"cannot load ({error}); supported types: {', '.join(SUPPORTED_GGUF_TYPES)}"
             ) from error
         array = array.reshape(tuple(reversed([int(d) for d in tensor.shape])))
         if permute and name.endswith(("q_proj.weight", "q_proj.bias")):

@@ -83,9 +83,19 @@ def read_architecture(path: str | None) -> ArchitectureConfig:
         from kaon.models.loader.safetensors import read_hf_config
 
         return ArchitectureConfig.from_hf_config(read_hf_config(target))
-    from kaon.models.loader.gguf import architecture_from_metadata, open_gguf, read_metadata
+    from kaon.models.loader.gguf import open_gguf, read_metadata
 
-    return architecture_from_metadata(read_metadata(open_gguf(target)))
+    return _gguf_architecture(target, read_metadata(open_gguf(target)))
+
+
+def _gguf_architecture(path: Path, metadata: dict[str, object]) -> ArchitectureConfig:
+    """architecture_from_metadata, its errors prefixed with the file's path."""
+    from kaon.models.loader.gguf import architecture_from_metadata
+
+    try:
+        return architecture_from_metadata(metadata)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
 
 
 def _load_gguf(
@@ -96,17 +106,12 @@ def _load_gguf(
     tp_group: TensorParallelGroup | None,
     quant: tuple[str, int],
 ) -> LoadedModel:
-    from kaon.models.loader.gguf import (
-        architecture_from_metadata,
-        iter_gguf_tensors,
-        open_gguf,
-        read_metadata,
-    )
+    from kaon.models.loader.gguf import iter_gguf_tensors, open_gguf, read_metadata
     from kaon.tokenizer import Tokenizer
 
     reader = open_gguf(path)
     metadata = read_metadata(reader)
-    config = architecture_from_metadata(metadata)
+    config = _gguf_architecture(path, metadata)
     config.tie_word_embeddings = not any(t.name == "output.weight" for t in reader.tensors)
     # Q4_0/Q4_1 blocks go straight to int4 group 32 (one rank: shards are cut from floats).
     int4_native = quant == ("int4", 32) and tp_group is None
