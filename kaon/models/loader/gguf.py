@@ -208,8 +208,6 @@ def iter_gguf_tensors(
     Raises:
         ValueError: naming the tensor whose GGUF type the gguf package cannot dequantize.
     """
-    from gguf.quants import dequantize
-
     permute = config.architecture in ("LlamaForCausalLM", "MistralForCausalLM")
     gemma = config.architecture == "Gemma3ForCausalLM"
     layer_names = _GEMMA3_LAYER_NAMES if gemma else _LAYER_NAMES
@@ -229,14 +227,7 @@ def iter_gguf_tensors(
                 blocks = blocks.map_rows(lambda rows, heads=heads: _unpermute(rows, heads))
             yield name, blocks
             continue
-        try:
-            array = dequantize(tensor.data, tensor.tensor_type)
-        except NotImplementedError as error:
-            source = getattr(reader.data, "filename", "GGUF file")
-            raise ValueError(
-                f"{source}: tensor {tensor.name} has type {tensor.tensor_type.name}, which kaon "
-                f"cannot load ({error}); supported types: {', '.join(SUPPORTED_GGUF_TYPES)}"
-            ) from error
+        array = _dequantize(reader, tensor, tensor.data)
         array = array.reshape(tuple(reversed([int(d) for d in tensor.shape])))
         if permute and name.endswith(("q_proj.weight", "q_proj.bias")):
             array = _unpermute(array, config.num_attention_heads)
@@ -244,3 +235,61 @@ def iter_gguf_tensors(
             array = _unpermute(array, config.num_key_value_heads)
         # Copy: F32 tensors are read-only views of the memory-mapped file.
         yield name, torch.from_numpy(np.array(array, dtype=np.float32)).to(dtype)
+
+
+def _dequantize(reader, tensor, data: np.ndarray) -> np.ndarray:
+    """``data`` (all or some rows of ``tensor.data``) as float32.
+
+    Raises:
+        ValueError: naming the file, the tensor and its type when the type cannot be loaded.
+    """
+    from gguf.quants import dequantize
+
+    try:
+        return dequantize(data, tensor.tensor_type)
+    except NotImplementedError as error:
+        source = getattr(reader.data, "filename", "GGUF file")
+        raise ValueError(
+            f"{source}: tensor {tensor.name} has type {tensor.tensor_type.name}, which kaon "
+            f"cannot load ({error}); supported types: {', '.join(SUPPORTED_GGUF_TYPES)}"
+        ) from error
+
+
+def iter_gguf_row_chunks(
+    reader, config: ArchitectureConfig, dtype: torch.dtype, chunk_bytes: int = 64 << 20
+) -> Iterator[tuple[str, int, torch.Tensor]]:
+    """Yield (Hugging Face name, first row, float rows in ``dtype``) so that a loader can copy
+    each piece into place and drop it: at most about ``chunk_bytes`` of float32 rows are
+    dequantized at a time (a 262,144 x 640 embedding is 671 MB as float32). Tensors whose rows
+    are permuted (Llama q/k) and 1-D tensors come whole, from ``iter_gguf_tensors``.
+
+    Raises:
+        ValueError: as ``iter_gguf_tensors``.
+    """
+    permute = config.architecture in ("LlamaForCausalLM", "MistralForCausalLM")
+    layer_names = (
+        _GEMMA3_LAYER_NAMES if config.architecture == "Gemma3ForCausalLM" else _LAYER_NAMES
+    )
+    for tensor in reader.tensors:
+        name = _hf_name(tensor.name, layer_names)
+        whole = name is None or len(tensor.shape) != 2
+        whole = whole or permute and name.endswith(("q_proj.weight", "k_proj.weight"))
+        if whole:  # rope_freqs, norms, biases, permuted q/k: small or reordered
+            for item_name, value in iter_gguf_tensors(_OneTensor(reader, tensor), config, dtype):
+                yield item_name, 0, value  # type: ignore[misc]
+            continue
+        num_rows, num_columns = int(tensor.shape[1]), int(tensor.shape[0])
+        step = max(1, chunk_bytes // (4 * num_columns))
+        for start in range(0, num_rows, step):
+            rows = _dequantize(reader, tensor, tensor.data[start : start + step])
+            rows = rows.reshape(-1, num_columns)
+            if not rows.flags.writeable:  # F32 rows are read-only views of the mapped file
+                rows = rows.copy()
+            yield name, start, torch.from_numpy(rows).to(dtype)
+
+
+class _OneTensor:
+    """A reader stand-in holding one of ``reader``'s tensors (for ``iter_gguf_tensors``)."""
+
+    def __init__(self, reader, tensor) -> None:
+        self.data, self.tensors = reader.data, [tensor]

@@ -115,6 +115,9 @@ def _load_gguf(
     config.tie_word_embeddings = not any(t.name == "output.weight" for t in reader.tensors)
     # Q4_0/Q4_1 blocks go straight to int4 group 32 (one rank: shards are cut from floats).
     int4_native = quant == ("int4", 32) and tp_group is None
+    if tp_group is None and not int4_native:  # tensor by tensor into the allocated model
+        model = _build_streaming(config, reader, dtype, device, quant)
+        return LoadedModel(model, config, Tokenizer.from_gguf(metadata), name, str(path))
     tensors = _shard(iter_gguf_tensors(reader, config, dtype, int4_native), config, tp_group)
     freq_divisors = tensors.pop("rope_freqs", None)
     model = _build(config, tensors, dtype, device, freq_divisors, tp_group, quant)
@@ -145,6 +148,30 @@ def _load_hf_dir(
     tokenizer = Tokenizer.from_hf_dir(path)
     defaults = read_generation_defaults(path)
     return LoadedModel(model, config, tokenizer, name, str(path), defaults)
+
+
+def _build_streaming(
+    config: ArchitectureConfig,
+    reader,
+    dtype: torch.dtype,
+    device: torch.device,
+    quant: tuple[str, int],
+) -> torch.nn.Module:
+    """``_build`` for one rank without native int4 blocks: allocate the model, then dequantize
+    and copy the GGUF's tensors into it a piece at a time (``kaon.models.loader.stream``)."""
+    from kaon.models.loader.gguf import iter_gguf_row_chunks
+    from kaon.models.loader.stream import stream_into
+
+    validate_quantization(*quant)
+    with torch.device("meta"), building_with(None):
+        model = model_class(config)(config)
+    model = model.to_empty(device=device).to(dtype)
+    freq_divisors = stream_into(model, config, iter_gguf_row_chunks(reader, config, dtype))
+    model.build_rotary(freq_divisors)
+    model.to(device)
+    model.prepare_for_inference()
+    quantize_model(model, *quant)
+    return model.eval()
 
 
 def _shard(tensors, config: ArchitectureConfig, tp_group: TensorParallelGroup | None) -> dict:
