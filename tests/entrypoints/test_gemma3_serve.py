@@ -1,6 +1,7 @@
 """``kaon serve --model <Gemma 3 GGUF>`` with the openai client: the Gemma chat template is
-applied and generation stops at ``<end_of_turn>`` (finish_reason "stop"), with the same greedy
-text as the offline engine."""
+applied (same greedy text as the offline engine) and ``<end_of_turn>`` ends generation with
+finish_reason "stop". gemma-3-270m is the pretrained (not instruction-tuned) model, so it rarely
+closes its turn by itself: a logit bias makes it emit ``<end_of_turn>``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from tests.entrypoints.utils import API_KEY, offline_chat, start_server
 
+END_OF_TURN, EOS = 106, 1
 MESSAGES = [
     {"role": "system", "content": "Answer with one word."},
     {"role": "user", "content": "What is the capital of France?"},
@@ -33,10 +35,8 @@ def test_chat_uses_template_and_stops_at_end_of_turn(gemma3_server, gemma3_llm):
     )
     expected = offline_chat(gemma3_llm, MESSAGES, max_tokens=48)
     choice = response.choices[0]
-    assert choice.finish_reason == "stop" and expected.finish_reason == "stop"
-    assert response.usage.completion_tokens < 48
+    assert choice.finish_reason == expected.finish_reason
     assert choice.message.content == expected.text
-    assert "Paris" in choice.message.content
     prompt = gemma3_llm.tokenizer.apply_chat_template(MESSAGES)
     assert response.usage.prompt_tokens == len(gemma3_llm.tokenizer.encode(prompt))
     stream = client.chat.completions.create(
@@ -44,4 +44,14 @@ def test_chat_uses_template_and_stops_at_end_of_turn(gemma3_server, gemma3_llm):
     )
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected.text
-    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == expected.finish_reason
+    for token_id in (END_OF_TURN, EOS):
+        forced = client.chat.completions.create(
+            model="gemma-3-270m-q4_k_m",
+            messages=MESSAGES,
+            temperature=0,
+            max_tokens=48,
+            logit_bias={str(token_id): 100},
+        )
+        assert forced.choices[0].finish_reason == "stop"
+        assert (forced.choices[0].message.content, forced.usage.completion_tokens) == ("", 1)
