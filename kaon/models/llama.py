@@ -123,13 +123,7 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, config: ArchitectureConfig, freq_divisors: torch.Tensor | None = None):
         super().__init__()
         self.config = config
-        self.rotary = RotaryEmbedding(
-            config.head_dim,
-            config.max_position_embeddings,
-            config.rope_theta,
-            config.rope_scaling,
-            freq_divisors,
-        )
+        self.build_rotary(freq_divisors)
         # Vocabulary-parallel: this rank's rows [vocab_start, vocab_start + rows) (all at TP=1).
         self.tp_group = get_tp_group()
         group = self.tp_group
@@ -151,6 +145,17 @@ class LlamaForCausalLM(nn.Module):
         # (LM head it was made from, its oneDNN-packed copy or None), built on first use: loaders
         # and quantization may replace the head after construction.
         self._packed_lm_head: tuple[object, torch.Tensor | None] | None = None
+
+    def build_rotary(self, freq_divisors: torch.Tensor | None = None) -> None:
+        """(Re)build the RoPE tables (the loader calls it after ``to_empty``)."""
+        config = self.config
+        self.rotary = RotaryEmbedding(
+            config.head_dim,
+            config.max_position_embeddings,
+            config.rope_theta,
+            config.rope_scaling,
+            freq_divisors,
+        )
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """input_ids, positions: [num_tokens] int64 -> hidden [num_tokens, hidden_size].

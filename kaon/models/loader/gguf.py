@@ -9,8 +9,17 @@ Format: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md. Tensor names 
 
 llama.cpp's converter permutes the rows of Llama's q/k weights so that the two features rotated
 together by RoPE are adjacent (Meta's original interleaved layout). We undo that permutation to get
-back Hugging Face's "rotate half" layout, which our RotaryEmbedding uses. Qwen2 files are not
-permuted.
+back Hugging Face's "rotate half" layout, which our RotaryEmbedding uses. Qwen2 and Gemma 3 files
+are not permuted.
+
+Gemma 3 has four norms per layer and per-head q/k norms:
+
+    attn_norm -> input_layernorm           post_attention_norm -> post_attention_layernorm
+    ffn_norm  -> pre_feedforward_layernorm post_ffw_norm       -> post_feedforward_layernorm
+    attn_q_norm, attn_k_norm -> self_attn.q_norm, self_attn.k_norm
+
+llama.cpp's converter stores Gemma's RMSNorm weights as ``1 + w`` (convert_hf_to_gguf.py adds the
+1; transformers' GGUF loader subtracts it again), which is the multiplier kaon's Gemma3 keeps.
 """
 
 from __future__ import annotations
@@ -22,7 +31,12 @@ import numpy as np
 import torch
 
 from kaon.layers.quantization.gguf import NATIVE_INT4_TYPES, Int4Blocks, decode_int4_blocks
-from kaon.models.architecture import GGUF_ARCHITECTURES, ArchitectureConfig
+from kaon.models.architecture import (
+    GEMMA3_SLIDING_WINDOW_PATTERN,
+    GGUF_ARCHITECTURES,
+    ArchitectureConfig,
+    gemma3_layer_types,
+)
 
 _LAYER_NAMES = {
     "attn_q": "self_attn.q_proj",
@@ -35,22 +49,47 @@ _LAYER_NAMES = {
     "attn_norm": "input_layernorm",
     "ffn_norm": "post_attention_layernorm",
 }
+_GEMMA3_LAYER_NAMES = {
+    **_LAYER_NAMES,
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "post_attention_norm": "post_attention_layernorm",
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+}
 _TOP_NAMES = {"token_embd": "embed_tokens", "output": "lm_head", "output_norm": "norm"}
+
+
+# Tensor types the gguf package dequantizes (gguf 0.18); others are refused by name.
+SUPPORTED_GGUF_TYPES = (
+    "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
+    "Q6_K", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_NL",
+    "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4",
+)  # fmt: skip
 
 
 def open_gguf(path: str | Path):  # -> gguf.GGUFReader
     """Open a GGUF file.
 
     Raises:
-        ValueError: naming the file when it is not a readable GGUF (bad magic, truncated header).
+        ValueError: naming the file when it is not a readable GGUF: bad magic, a header or tensor
+            data cut short (the file's size is given), or a tensor type code the gguf package
+            does not know (with the types kaon loads).
     """
     import gguf
 
     try:
         return gguf.GGUFReader(str(path))
     except Exception as error:  # the reader raises ValueError, struct/IndexError on corrupt files
+        if "GGMLQuantizationType" in str(error):
+            raise ValueError(
+                f"{path}: a tensor has an unknown GGUF type ({error}); kaon loads "
+                f"{', '.join(SUPPORTED_GGUF_TYPES)}"
+            ) from error
+        size = Path(path).stat().st_size
         raise ValueError(
-            f"{path} is not a valid GGUF file (truncated, or not GGUF at all): {error}"
+            f"{path} is not a valid GGUF file (truncated, or not GGUF at all; {size} bytes): "
+            f"{error}"
         ) from error
 
 
@@ -82,6 +121,7 @@ def architecture_from_metadata(metadata: dict[str, object]) -> ArchitectureConfi
     if key("rope.scaling.type") == "linear":
         rope_scaling = {"rope_type": "linear", "factor": float(key("rope.scaling.factor"))}  # type: ignore[arg-type]
     eos = metadata.get("tokenizer.ggml.eos_token_id")
+    extra = _gemma3_metadata(metadata, key) if arch == "gemma3" else {}
     return ArchitectureConfig(
         architecture=GGUF_ARCHITECTURES[arch],  # type: ignore[index]
         hidden_size=hidden_size,
@@ -99,14 +139,44 @@ def architecture_from_metadata(metadata: dict[str, object]) -> ArchitectureConfi
         attention_bias=arch == "qwen2",
         bos_token_id=metadata.get("tokenizer.ggml.bos_token_id"),  # type: ignore[arg-type]
         eos_token_ids=[int(eos)] if eos is not None else [],  # type: ignore[arg-type]
+        **extra,
     )
 
 
-def _hf_name(gguf_name: str) -> str | None:
+def _gemma3_metadata(metadata: dict[str, object], key) -> dict[str, object]:
+    """Gemma 3 fields, with llama.cpp's defaults where the file is silent (llama-model.cpp:
+    sliding-window pattern 6, local RoPE base 10,000, attention scale 1/sqrt(head_dim) except the
+    62-layer 27B model's 1/sqrt(hidden_size / num_heads)).
+
+    Raises:
+        ValueError: naming ``gemma3.attn_logit_softcapping`` (not implemented).
+    """
+    if key("attn_logit_softcapping") is not None:
+        raise ValueError("gemma3.attn_logit_softcapping: attention soft-capping is not supported")
+    num_layers = int(key("block_count"))  # type: ignore[arg-type]
+    hidden_size, num_heads = int(key("embedding_length")), int(key("attention.head_count"))  # type: ignore[arg-type]
+    head_dim = int(key("attention.key_length", hidden_size // num_heads))  # type: ignore[arg-type]
+    pattern = key("attention.sliding_window_pattern")
+    if isinstance(pattern, list):  # per layer: true = sliding
+        layer_types = ["sliding_attention" if p else "full_attention" for p in pattern]
+    else:
+        layer_types = gemma3_layer_types(num_layers, int(pattern or GEMMA3_SLIDING_WINDOW_PATTERN))  # type: ignore[arg-type]
+    softcap = key("final_logit_softcapping")
+    fields: dict[str, object] = {
+        "layer_types": layer_types,
+        "sliding_window": int(key("attention.sliding_window", 4096)),  # type: ignore[arg-type]
+        "rope_local_theta": float(key("rope.freq_base_swa", 10_000.0)),  # type: ignore[arg-type]
+        "query_pre_attn_scalar": hidden_size / num_heads if num_layers == 62 else head_dim,
+        "final_logit_softcapping": float(softcap) if softcap is not None else None,  # type: ignore[arg-type]
+    }
+    return fields
+
+
+def _hf_name(gguf_name: str, layer_names: dict[str, str] = _LAYER_NAMES) -> str | None:
     base, _, suffix = gguf_name.rpartition(".")  # suffix: weight | bias
     parts = base.split(".")
-    if parts[0] == "blk" and len(parts) == 3 and parts[2] in _LAYER_NAMES:
-        return f"layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.{suffix}"
+    if parts[0] == "blk" and len(parts) == 3 and parts[2] in layer_names:
+        return f"layers.{parts[1]}.{layer_names[parts[2]]}.{suffix}"
     if base in _TOP_NAMES:
         return f"{_TOP_NAMES[base]}.{suffix}"
     return None
@@ -138,11 +208,15 @@ def iter_gguf_tensors(
     Raises:
         ValueError: naming the tensor whose GGUF type the gguf package cannot dequantize.
     """
-    from gguf.quants import dequantize
-
-    permute = config.architecture != "Qwen2ForCausalLM"
+    permute = config.architecture in ("LlamaForCausalLM", "MistralForCausalLM")
+    gemma = config.architecture == "Gemma3ForCausalLM"
+    layer_names = _GEMMA3_LAYER_NAMES if gemma else _LAYER_NAMES
     for tensor in reader.tensors:
-        name = "rope_freqs" if tensor.name == "rope_freqs.weight" else _hf_name(tensor.name)
+        name = (
+            "rope_freqs"
+            if tensor.name == "rope_freqs.weight"
+            else _hf_name(tensor.name, layer_names)
+        )
         if name is None:
             continue
         if int4_native and _is_linear(name) and tensor.tensor_type.name in NATIVE_INT4_TYPES:
@@ -153,13 +227,7 @@ def iter_gguf_tensors(
                 blocks = blocks.map_rows(lambda rows, heads=heads: _unpermute(rows, heads))
             yield name, blocks
             continue
-        try:
-            array = dequantize(tensor.data, tensor.tensor_type)
-        except NotImplementedError as error:
-            raise ValueError(
-                f"GGUF tensor {tensor.name} has type {tensor.tensor_type.name}, "
-                f"which cannot be dequantized: {error}"
-            ) from error
+        array = _dequantize(reader, tensor, tensor.data)
         array = array.reshape(tuple(reversed([int(d) for d in tensor.shape])))
         if permute and name.endswith(("q_proj.weight", "q_proj.bias")):
             array = _unpermute(array, config.num_attention_heads)
@@ -167,3 +235,61 @@ def iter_gguf_tensors(
             array = _unpermute(array, config.num_key_value_heads)
         # Copy: F32 tensors are read-only views of the memory-mapped file.
         yield name, torch.from_numpy(np.array(array, dtype=np.float32)).to(dtype)
+
+
+def _dequantize(reader, tensor, data: np.ndarray) -> np.ndarray:
+    """``data`` (all or some rows of ``tensor.data``) as float32.
+
+    Raises:
+        ValueError: naming the file, the tensor and its type when the type cannot be loaded.
+    """
+    from gguf.quants import dequantize
+
+    try:
+        return dequantize(data, tensor.tensor_type)
+    except NotImplementedError as error:
+        source = getattr(reader.data, "filename", "GGUF file")
+        raise ValueError(
+            f"{source}: tensor {tensor.name} has type {tensor.tensor_type.name}, which kaon "
+            f"cannot load ({error}); supported types: {', '.join(SUPPORTED_GGUF_TYPES)}"
+        ) from error
+
+
+def iter_gguf_row_chunks(
+    reader, config: ArchitectureConfig, dtype: torch.dtype, chunk_bytes: int = 64 << 20
+) -> Iterator[tuple[str, int, torch.Tensor]]:
+    """Yield (Hugging Face name, first row, float rows in ``dtype``) so that a loader can copy
+    each piece into place and drop it: at most about ``chunk_bytes`` of float32 rows are
+    dequantized at a time (a 262,144 x 640 embedding is 671 MB as float32). Tensors whose rows
+    are permuted (Llama q/k) and 1-D tensors come whole, from ``iter_gguf_tensors``.
+
+    Raises:
+        ValueError: as ``iter_gguf_tensors``.
+    """
+    permute = config.architecture in ("LlamaForCausalLM", "MistralForCausalLM")
+    layer_names = (
+        _GEMMA3_LAYER_NAMES if config.architecture == "Gemma3ForCausalLM" else _LAYER_NAMES
+    )
+    for tensor in reader.tensors:
+        name = _hf_name(tensor.name, layer_names)
+        whole = name is None or len(tensor.shape) != 2
+        whole = whole or permute and name.endswith(("q_proj.weight", "k_proj.weight"))
+        if whole:  # rope_freqs, norms, biases, permuted q/k: small or reordered
+            for item_name, value in iter_gguf_tensors(_OneTensor(reader, tensor), config, dtype):
+                yield item_name, 0, value  # type: ignore[misc]
+            continue
+        num_rows, num_columns = int(tensor.shape[1]), int(tensor.shape[0])
+        step = max(1, chunk_bytes // (4 * num_columns))
+        for start in range(0, num_rows, step):
+            rows = _dequantize(reader, tensor, tensor.data[start : start + step])
+            rows = rows.reshape(-1, num_columns)
+            if not rows.flags.writeable:  # F32 rows are read-only views of the mapped file
+                rows = rows.copy()
+            yield name, start, torch.from_numpy(rows).to(dtype)
+
+
+class _OneTensor:
+    """A reader stand-in holding one of ``reader``'s tensors (for ``iter_gguf_tensors``)."""
+
+    def __init__(self, reader, tensor) -> None:
+        self.data, self.tensors = reader.data, [tensor]

@@ -13,15 +13,15 @@ from kaon.distributed.parallel_state import building_with
 from kaon.layers.quantization import quantize_model, take_int4_blocks
 from kaon.layers.quantization import validate as validate_quantization
 from kaon.models.architecture import ArchitectureConfig
-from kaon.models.llama import LlamaForCausalLM
 from kaon.models.loader.default_model import DEFAULT_MODEL_NAME, default_model_path
+from kaon.models.registry import SINGLE_RANK_ARCHITECTURES, model_class
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class LoadedModel:
-    model: LlamaForCausalLM
+    model: torch.nn.Module  # LlamaForCausalLM | Gemma3ForCausalLM (kaon.models.registry)
     config: ArchitectureConfig  # the full model's, also on a tensor-parallel rank
     tokenizer: object  # kaon.tokenizer.Tokenizer
     name: str  # served model name: the file or directory stem
@@ -91,9 +91,19 @@ def read_architecture(path: str | None) -> ArchitectureConfig:
         from kaon.models.loader.safetensors import read_hf_config
 
         return ArchitectureConfig.from_hf_config(read_hf_config(target))
-    from kaon.models.loader.gguf import architecture_from_metadata, open_gguf, read_metadata
+    from kaon.models.loader.gguf import open_gguf, read_metadata
 
-    return architecture_from_metadata(read_metadata(open_gguf(target)))
+    return _gguf_architecture(target, read_metadata(open_gguf(target)))
+
+
+def _gguf_architecture(path: Path, metadata: dict[str, object]) -> ArchitectureConfig:
+    """architecture_from_metadata, its errors prefixed with the file's path."""
+    from kaon.models.loader.gguf import architecture_from_metadata
+
+    try:
+        return architecture_from_metadata(metadata)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
 
 
 def _load_gguf(
@@ -104,20 +114,18 @@ def _load_gguf(
     tp_group: TensorParallelGroup | None,
     quant: tuple[str, int],
 ) -> LoadedModel:
-    from kaon.models.loader.gguf import (
-        architecture_from_metadata,
-        iter_gguf_tensors,
-        open_gguf,
-        read_metadata,
-    )
+    from kaon.models.loader.gguf import iter_gguf_tensors, open_gguf, read_metadata
     from kaon.tokenizer import Tokenizer
 
     reader = open_gguf(path)
     metadata = read_metadata(reader)
-    config = architecture_from_metadata(metadata)
+    config = _gguf_architecture(path, metadata)
     config.tie_word_embeddings = not any(t.name == "output.weight" for t in reader.tensors)
     # Q4_0/Q4_1 blocks go straight to int4 group 32 (one rank: shards are cut from floats).
     int4_native = quant == ("int4", 32) and tp_group is None
+    if tp_group is None and not int4_native:  # tensor by tensor into the allocated model
+        model = _build_streaming(config, reader, dtype, device, quant)
+        return LoadedModel(model, config, Tokenizer.from_gguf(metadata), name, str(path))
     tensors = _shard(iter_gguf_tensors(reader, config, dtype, int4_native), config, tp_group)
     freq_divisors = tensors.pop("rope_freqs", None)
     model = _build(config, tensors, dtype, device, freq_divisors, tp_group, quant)
@@ -150,6 +158,30 @@ def _load_hf_dir(
     return LoadedModel(model, config, tokenizer, name, str(path), defaults)
 
 
+def _build_streaming(
+    config: ArchitectureConfig,
+    reader,
+    dtype: torch.dtype,
+    device: torch.device,
+    quant: tuple[str, int],
+) -> torch.nn.Module:
+    """``_build`` for one rank without native int4 blocks: allocate the model, then dequantize
+    and copy the GGUF's tensors into it a piece at a time (``kaon.models.loader.stream``)."""
+    from kaon.models.loader.gguf import iter_gguf_row_chunks
+    from kaon.models.loader.stream import stream_into
+
+    validate_quantization(*quant)
+    with torch.device("meta"), building_with(None):
+        model = model_class(config)(config)
+    model = model.to_empty(device=device).to(dtype)
+    freq_divisors = stream_into(model, config, iter_gguf_row_chunks(reader, config, dtype))
+    model.build_rotary(freq_divisors)
+    model.to(device)
+    model.prepare_for_inference()
+    quantize_model(model, *quant)
+    return model.eval()
+
+
 def _shard(tensors, config: ArchitectureConfig, tp_group: TensorParallelGroup | None) -> dict:
     """name -> tensor, sliced to this rank's shard under tensor parallelism."""
     if tp_group is None:
@@ -168,29 +200,29 @@ def _build(
     freq_divisors: torch.Tensor | None,
     tp_group: TensorParallelGroup | None = None,
     quant: tuple[str, int] = ("none", 32),
-) -> LlamaForCausalLM:
+) -> torch.nn.Module:
     """Create the model and fill it, fusing q/k/v and gate/up into one weight each, then
     quantize its linear weights (``quant``: scheme, group size)."""
     validate_quantization(*quant)
     full_config = config
+    if tp_group is not None and config.architecture in SINGLE_RANK_ARCHITECTURES:
+        raise ValueError(
+            f"tensor_parallel_size: {config.architecture} runs on one rank only "
+            f"(got {tp_group.world_size})"
+        )
     if tp_group is not None:
         from kaon.models.loader.tp_shard import local_config, plan_for
 
         config = local_config(config, plan_for(config, tp_group.rank, tp_group.world_size))
+    cls = model_class(config)
     with torch.device("meta"), building_with(tp_group):
-        model = LlamaForCausalLM(config)
-    params = _fuse(full_config, tensors)
+        model = cls(config)
+    params = _fuse(full_config, tensors, getattr(cls, "layer_norms", _LLAMA_LAYER_NORMS))
     native = take_int4_blocks(model, params)  # their float parameters are never allocated
     model = model.to_empty(device=device).to(dtype)
     # Buffers were on meta: rebuild the RoPE tables for real.
-    model.rotary.__init__(  # type: ignore[misc]
-        config.head_dim,
-        config.max_position_embeddings,
-        config.rope_theta,
-        config.rope_scaling,
-        freq_divisors,
-    )
-    model.rotary.to(device)
+    model.build_rotary(freq_divisors)
+    model.to(device)
     own = dict(model.named_parameters())
     missing = sorted(set(own) - set(params))
     if missing:
@@ -212,8 +244,13 @@ def _build(
     return model.eval()
 
 
+_LLAMA_LAYER_NORMS = ("input_layernorm", "post_attention_layernorm")
+
+
 def _fuse(
-    config: ArchitectureConfig, tensors: dict[str, torch.Tensor]
+    config: ArchitectureConfig,
+    tensors: dict[str, torch.Tensor],
+    layer_norms: tuple[str, ...] = _LLAMA_LAYER_NORMS,
 ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
     """Parameter name -> tensor, or the parts a fused parameter is concatenated from (dim 0)."""
     params: dict[str, torch.Tensor | list[torch.Tensor]] = {}
@@ -237,6 +274,6 @@ def _fuse(
         params[f"{attn}.o_proj"] = take("self_attn.o_proj.weight")
         params[f"{mlp}.gate_up_proj"] = [take("mlp.gate_proj.weight"), take("mlp.up_proj.weight")]
         params[f"{mlp}.down_proj"] = take("mlp.down_proj.weight")
-        for norm in ("input_layernorm", "post_attention_layernorm"):
+        for norm in layer_norms:
             params[f"{prefix}.{norm}.weight"] = take(f"{norm}.weight")
     return params

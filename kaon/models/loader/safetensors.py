@@ -48,12 +48,16 @@ def iter_safetensors(
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (name without the ``model.`` prefix, tensor in ``dtype``) from every shard.
 
+    Gemma 3's RMSNorm weights ``w`` are yielded as the multiplier ``1 + w`` (computed in float32)
+    that ``kaon.models.gemma3`` keeps, as GGUF files store them.
+
     Raises:
         FileNotFoundError: when the directory holds no *.safetensors file.
         ValueError: naming the shard whose header is corrupt.
     """
     from safetensors import safe_open
 
+    shift_norms = config.architecture == "Gemma3ForCausalLM"
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{directory} holds no *.safetensors weights")
@@ -65,4 +69,7 @@ def iter_safetensors(
         with handle:
             for name in handle.keys():  # noqa: SIM118 (safe_open has no __iter__)
                 short = name.removeprefix("model.")
-                yield short, handle.get_tensor(name).to(dtype)
+                tensor = handle.get_tensor(name)
+                if shift_norms and short.endswith("norm.weight"):
+                    tensor = tensor.float() + 1.0
+                yield short, tensor.to(dtype)
