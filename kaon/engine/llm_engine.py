@@ -19,6 +19,7 @@ from kaon.executor.executor import create_executor
 from kaon.outputs import RequestOutput
 from kaon.request import Request, RequestStatus
 from kaon.sampling_params import SamplingParams
+from kaon.spec_decode.drafter import Drafter
 from kaon.worker.kv_cache import bytes_per_block
 
 if TYPE_CHECKING:
@@ -67,12 +68,16 @@ class LLMEngine:
             num_blocks, cache_config.block_size, cache_config.enable_prefix_caching
         )
         scheduler_config = config.scheduler_config
+        drafter = None
+        if config.speculative_config is not None:
+            drafter = Drafter(config.speculative_config, self.max_model_len)
         self.scheduler = Scheduler(
             self.kv_cache_manager,
             max_num_seqs=scheduler_config.max_num_seqs,
             max_num_batched_tokens=scheduler_config.max_num_batched_tokens,
             max_model_len=self.max_model_len,
             enable_chunked_prefill=scheduler_config.enable_chunked_prefill,
+            drafter=drafter,
         )
         self.input_processor = InputProcessor(self.tokenizer, self.max_model_len)
         self.output_processor = OutputProcessor(self.tokenizer)
