@@ -65,7 +65,7 @@ class SuffixProposer:
         self.requests: dict[str, tuple[SuffixIndex, int]] = {}  # index, tokens indexed so far
 
     def propose(self, request_id: str, token_ids: list[int], num_tokens: int) -> list[int]:
-        """Up to ``num_tokens`` draft ids continuing ``token_ids`` (the request's prompt + output)."""
+        """Up to ``num_tokens`` draft ids continuing ``token_ids`` (prompt + output so far)."""
         index, num_indexed = self.requests.get(request_id) or (SuffixIndex(self.max_depth), 0)
         index.add(token_ids, num_indexed)  # only the tokens that arrived since the last call
         self.requests[request_id] = (index, len(token_ids))
