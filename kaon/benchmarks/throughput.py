@@ -255,6 +255,10 @@ def _report(result: dict[str, Any]) -> None:
     rows.append(["elapsed (s)", kaon["elapsed_s"], hf.get("elapsed_s"), None])
     rows.append(["peak KV cache usage (%)", 100.0 * kaon["peak_kv_cache_usage"], None, None])
     rows.append(["TTFT median (s)", kaon["ttft_s"]["median"], None, None])
+    tpots = [r["tpot"] for r in kaon["requests"] if r["tpot"]]
+    if tpots:  # per-request decode speed: at --max-num-seqs 1, single-stream decode tokens/s
+        rows.append(["decode tokens/s per request (1 / median TPOT)",
+                     1.0 / summarize(tpots)["median"], None, None])  # fmt: skip
     spec = kaon.get("spec_decode")
     if spec is not None:  # includes the warm-up requests' drafts
         rows.append(["spec decode mean acceptance length", spec["mean_acceptance_length"],

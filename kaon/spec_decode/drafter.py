@@ -75,6 +75,10 @@ class Drafter:
         state = self._states.setdefault(
             request.request_id, _RequestState(max_draft=self.config.num_speculative_tokens)
         )
+        # Grammar-constrained requests (structured outputs, where present) are not drafted for:
+        # their sampler mask would have to advance through each draft position.
+        if getattr(request.sampling_params, "structured_outputs", None) is not None:
+            return []
         if state.skip_steps > 0:
             state.skip_steps -= 1
             return []

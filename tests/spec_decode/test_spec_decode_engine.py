@@ -63,21 +63,22 @@ def _use(spec_llm, **config) -> Drafter:
     return drafter
 
 
-@pytest.mark.parametrize("method", ["ngram", "suffix"])
-def test_greedy_equals_speculation_off(spec_llm, reference, method):
+@pytest.mark.parametrize(("method", "num_prompts"), [("ngram", 52), ("suffix", 16)])
+def test_greedy_equals_speculation_off(spec_llm, reference, method, num_prompts):
     drafter = _use(spec_llm, method=method, num_speculative_tokens=4, prompt_lookup_min=1,
                    **ALWAYS)  # fmt: skip
-    assert token_ids(spec_llm.generate(PROMPTS, PARAMS, use_tqdm=False)) == reference
+    outputs = spec_llm.generate(PROMPTS[:num_prompts], PARAMS[:num_prompts], use_tqdm=False)
+    assert token_ids(outputs) == reference[:num_prompts]
     assert_all_blocks_free(spec_llm)
     stats = drafter.stats
-    assert stats.num_drafts > 100 and 0 < stats.num_accepted_tokens < stats.num_draft_tokens
+    assert stats.num_drafts > 50 and 0 < stats.num_accepted_tokens < stats.num_draft_tokens
     assert stats.num_accepted_tokens_per_pos[0] >= stats.num_accepted_tokens_per_pos[-1] > 0
 
 
 def test_greedy_with_preemption(llm, reference):
     config = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 1, **ALWAYS}
-    small = LLM(**{**ENGINE_TEST_OPTIONS, "kv_cache_memory_bytes": 12_000_000},
-                speculative_config=config)  # fmt: skip
+    options = {"kv_cache_memory_bytes": 24_000_000, "max_model_len": 512}  # ~500 tokens
+    small = LLM(**options, speculative_config=config)
     try:
         assert (
             token_ids(small.generate(PROMPTS[:20], PARAMS[:20], use_tqdm=False)) == (reference[:20])
