@@ -226,3 +226,24 @@ def test_rejection_sampling_greedy_and_seeded():
                 for _ in range(20)]  # fmt: skip
 
     assert seeded() == seeded()
+
+
+def test_prometheus_spec_decode_counters():
+    from kaon.core.scheduler import SchedulerStats
+    from kaon.metrics import PrometheusStatLogger
+    from kaon.spec_decode.drafter import SpecDecodeStats
+
+    logger = PrometheusStatLogger("m")
+    spec = SpecDecodeStats(2, 8, 5, [2, 2, 1, 0])
+    logger.record_stats(SchedulerStats(1, 0, 0.5, 0.0, 0, spec_decode=spec))
+    spec.num_drafts, spec.num_draft_tokens, spec.num_accepted_tokens = 3, 12, 6
+    spec.num_accepted_tokens_per_pos[3] = 1
+    logger.record_stats(SchedulerStats(1, 0, 0.5, 0.0, 0, spec_decode=spec))
+    text = logger.render().decode()
+    assert 'kaon:spec_decode_num_drafts_total{model_name="m"} 3.0' in text
+    assert 'kaon:spec_decode_num_draft_tokens_total{model_name="m"} 12.0' in text
+    assert 'kaon:spec_decode_num_accepted_tokens_total{model_name="m"} 6.0' in text
+    assert (
+        'kaon:spec_decode_num_accepted_tokens_per_pos_total{model_name="m",position="3"} 1.0'
+        in text
+    )
