@@ -12,6 +12,11 @@ decoding, everything again after a preemption.
        longer than the budget is prefilled in chunks over several steps.
 
 The policy is FCFS: a waiting request never overtakes an older one.
+
+With speculative decoding (a ``drafter``, kaon/spec_decode), a decoding request may also get draft
+tokens (``Request.spec_token_ids``) and slots for them; ``update_from_output`` appends the
+accepted ones, rolls ``num_computed_tokens`` back over the rejected ones and frees blocks that held
+only those.
 """
 
 from __future__ import annotations
