@@ -213,11 +213,14 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _speculative_config_arg(text: str) -> SpeculativeConfig | None:
+def _speculative_config_arg(text: str) -> dict[str, Any]:
+    """Validated here so argparse reports a bad field; kept as a plain dict (JSON settings)."""
     try:
-        return SpeculativeConfig.parse(text)
+        config = SpeculativeConfig.parse(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+    assert config is not None
+    return config.to_dict()
 
 
 def options_from_cli(namespace: argparse.Namespace) -> dict[str, Any]:

@@ -51,7 +51,10 @@ def test_speculative_config_from_dict_json_and_cli():
     args = build_parser().parse_args(
         ["serve", "--speculative-config", '{"method": "ngram", "prompt_lookup_max": 5}']
     )
-    assert args.speculative_config == SpeculativeConfig(method="ngram", prompt_lookup_max=5)
+    assert (
+        args.speculative_config == SpeculativeConfig(method="ngram", prompt_lookup_max=5).to_dict()
+    )
+    assert EngineConfig.from_options(speculative_config=args.speculative_config).speculative_config
 
 
 def test_cli_rejects_bad_speculative_config(capsys):
