@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from kaon.spec_decode.config import SpeculativeConfig
+
 
 def _opt(default: Any, help_text: str, **kwargs: Any) -> Any:
     return field(default=default, metadata={"help": help_text, **kwargs})
@@ -82,6 +84,8 @@ class EngineConfig:
     cache_config: CacheConfig = field(default_factory=CacheConfig)
     scheduler_config: SchedulerConfig = field(default_factory=SchedulerConfig)
     parallel_config: ParallelConfig = field(default_factory=ParallelConfig)
+    # Speculative decoding (n-gram / suffix drafts); None = off.
+    speculative_config: SpeculativeConfig | None = None
 
     @classmethod
     def from_options(cls, **options: Any) -> EngineConfig:
@@ -97,6 +101,7 @@ class EngineConfig:
             "parallel_config": ParallelConfig,
         }
         values: dict[str, dict[str, Any]] = {name: {} for name in sections}
+        speculative_config = SpeculativeConfig.parse(options.pop("speculative_config", None))
         for key, value in options.items():
             for section_name, section_cls in sections.items():
                 if key in {f.name for f in dataclasses.fields(section_cls)}:
@@ -104,7 +109,10 @@ class EngineConfig:
                     break
             else:
                 raise ValueError(f"{key} is not an engine option; known options: {option_names()}")
-        config = cls(**{name: sections[name](**values[name]) for name in sections})
+        config = cls(
+            **{name: sections[name](**values[name]) for name in sections},
+            speculative_config=speculative_config,
+        )
         config.validate()
         return config
 
@@ -164,7 +172,8 @@ _SECTIONS = (ModelConfig, CacheConfig, SchedulerConfig, ParallelConfig)
 
 
 def option_names() -> list[str]:
-    return [f.name for section in _SECTIONS for f in dataclasses.fields(section)]
+    names = [f.name for section in _SECTIONS for f in dataclasses.fields(section)]
+    return [*names, "speculative_config"]
 
 
 def parse_bytes(text: str) -> int:
@@ -206,6 +215,24 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
             base_type = str(f.type).split(" | ")[0]
             kind = parse_bytes if f.name.endswith("_bytes") else _CLI_TYPES[base_type]
             group.add_argument(*flags, type=kind, default=f.default, help=help_text)
+    group.add_argument(
+        "--speculative-config",
+        type=_speculative_config_arg,
+        default=None,
+        help='speculative decoding as a JSON object, e.g. \'{"method": "ngram", '
+        '"num_speculative_tokens": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 4}\' '
+        "(methods: ngram, suffix; default: off)",
+    )
+
+
+def _speculative_config_arg(text: str) -> dict[str, Any]:
+    """Validated here so argparse reports a bad field; kept as a plain dict (JSON settings)."""
+    try:
+        config = SpeculativeConfig.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    assert config is not None
+    return config.to_dict()
 
 
 def options_from_cli(namespace: argparse.Namespace) -> dict[str, Any]:

@@ -76,6 +76,22 @@ class PrometheusStatLogger:
         self.preemptions = _counter("kaon:num_preemptions", "Preempted requests", reg, labels)
         self._model_name = model_name
         self._num_preemptions = 0
+        self.spec_drafts = _counter(
+            "kaon:spec_decode_num_drafts", "Speculative decoding: verified drafts", reg, labels
+        )
+        self.spec_draft_tokens = _counter(
+            "kaon:spec_decode_num_draft_tokens", "Speculative decoding: draft tokens", reg, labels
+        )
+        self.spec_accepted_tokens = _counter(
+            "kaon:spec_decode_num_accepted_tokens", "Speculative decoding: accepted draft tokens",
+            reg, labels,
+        )  # fmt: skip
+        self.spec_accepted_per_pos = Counter(
+            "kaon:spec_decode_num_accepted_tokens_per_pos",
+            "Speculative decoding: accepted draft tokens by position in the draft (0-based)",
+            ["model_name", "position"], registry=reg,
+        )  # fmt: skip
+        self._spec_seen: tuple[int, int, int, list[int]] = (0, 0, 0, [])
 
     def record_stats(self, stats: SchedulerStats) -> None:
         """Refresh the engine gauges (engine thread)."""
@@ -86,6 +102,22 @@ class PrometheusStatLogger:
         if stats.num_preemptions > self._num_preemptions:
             self.preemptions.inc(stats.num_preemptions - self._num_preemptions)
             self._num_preemptions = stats.num_preemptions
+        if stats.spec_decode is not None:
+            self._record_spec_decode(stats.spec_decode)
+
+    def _record_spec_decode(self, spec) -> None:
+        """Advance the counters by what the engine's cumulative SpecDecodeStats added."""
+        drafts, draft_tokens, accepted, per_pos = self._spec_seen
+        self.spec_drafts.inc(spec.num_drafts - drafts)
+        self.spec_draft_tokens.inc(spec.num_draft_tokens - draft_tokens)
+        self.spec_accepted_tokens.inc(spec.num_accepted_tokens - accepted)
+        for position, count in enumerate(spec.num_accepted_tokens_per_pos):
+            seen = per_pos[position] if position < len(per_pos) else 0
+            self.spec_accepted_per_pos.labels(self._model_name, str(position)).inc(count - seen)
+        self._spec_seen = (
+            spec.num_drafts, spec.num_draft_tokens, spec.num_accepted_tokens,
+            list(spec.num_accepted_tokens_per_pos),
+        )  # fmt: skip
 
     def record_finished(self, output: RequestOutput) -> None:
         """Count tokens and latencies of a finished request (engine thread)."""

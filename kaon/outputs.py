@@ -38,6 +38,8 @@ class ScheduledRequest:
     num_computed_tokens: int
     block_ids: list[int]
     sample: bool  # the chunk reaches the last known token, so a new token is sampled
+    # Speculative decoding: the draft tokens at the end of ``token_ids`` (verified this step).
+    spec_token_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -78,6 +80,10 @@ class ModelRunnerOutput:
     sampled_token_ids: list[int]
     logprobs: dict[str, PositionLogprobs] = field(default_factory=dict)
     prompt_logprobs: dict[str, list[PositionLogprobs | None]] = field(default_factory=dict)
+    # Speculative decoding: accepted drafts, emitted before the request's sampled token, and
+    # their logprobs (when asked for).
+    accepted_draft_token_ids: dict[str, list[int]] = field(default_factory=dict)
+    draft_logprobs: dict[str, list[PositionLogprobs]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- scheduler -> output processing

@@ -70,6 +70,8 @@ class Request:
         self.stop_reason: int | str | None = None
         # Hashes of this request's full blocks, computed lazily by the KV cache manager.
         self.block_hashes: list[int] = []
+        # Speculative decoding: draft tokens scheduled after the last real token this step.
+        self.spec_token_ids: list[int] = []
 
     @property
     def num_prompt_tokens(self) -> int:

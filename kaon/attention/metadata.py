@@ -39,7 +39,7 @@ class AttentionMetadata:
     """Per-step inputs of the attention layers (shared by all layers)."""
 
     slot_mapping: torch.Tensor  # [num_tokens] int64: token -> block_id * block_size + offset
-    num_decode_tokens: int  # the first rows are decodes, one token per request
+    num_decode_tokens: int  # the first rows are decodes, one per query position
     decode_block_tables: torch.Tensor | None  # [num_decodes, max_blocks] int64
     decode_seq_lens: torch.Tensor | None  # [num_decodes] int64, context incl. the new token
     decode_mask: torch.Tensor | None  # [num_decodes, 1, 1, max_blocks * block_size] bool

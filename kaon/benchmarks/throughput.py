@@ -29,6 +29,7 @@ from kaon.benchmarks.common import (
     summarize,
     write_json,
 )
+from kaon.benchmarks.datasets import DATASET_NAMES, builtin_prompts
 from kaon.config import single_engine_options
 
 NUM_MATCH_TOKENS = 16  # leading greedy tokens compared between kaon and transformers
@@ -62,6 +63,14 @@ def add_throughput_args(parser: argparse.ArgumentParser) -> None:
         "per line (default: random token ids seeded by --seed)",
     )
     group.add_argument(
+        "--dataset-name",
+        choices=DATASET_NAMES,
+        default="random",
+        help="built-in prompts when no --dataset is given: random token ids, grounded "
+        "('repeat / fix / summarize this text', 200-500 token inputs) or free-writing "
+        "(default random)",
+    )
+    group.add_argument(
         "--hf-batch-size",
         type=int,
         default=32,
@@ -84,6 +93,9 @@ def _prompts(args: argparse.Namespace, tokenizer: Any) -> list[list[int]]:
     engines get the same ids."""
     if args.dataset:
         return [tokenizer.encode(text) for text in read_dataset(args.dataset, args.num_prompts)]
+    if getattr(args, "dataset_name", "random") != "random":
+        texts = builtin_prompts(args.dataset_name, args.num_prompts, args.seed)
+        return [tokenizer.encode(text) for text in texts]
     lengths = sample_lengths(args.num_prompts, args.input_len, args.range_ratio, args.seed)
     prompts = random_prompts(
         args.num_prompts, max(lengths), tokenizer.vocab_size, tokenizer.all_special_ids, args.seed
@@ -165,7 +177,17 @@ def _run_kaon(
     num_prompt_tokens = sum(r["prompt_len"] for r in per_request)
     num_output_tokens = sum(r["output_len"] for r in per_request)
     figures = _rates(len(prompts), num_prompt_tokens, num_output_tokens, run.elapsed)
+    spec = engine.stats().spec_decode
     figures.update(
+        spec_decode=None
+        if spec is None
+        else {
+            "num_drafts": spec.num_drafts,
+            "num_draft_tokens": spec.num_draft_tokens,
+            "num_accepted_tokens": spec.num_accepted_tokens,
+            "num_accepted_tokens_per_pos": list(spec.num_accepted_tokens_per_pos),
+            "mean_acceptance_length": spec.mean_acceptance_length,
+        },
         peak_rss_mib=peak_rss_mib(),
         peak_kv_cache_usage=run.peak_kv_cache_usage,
         num_steps=run.num_steps,
@@ -181,6 +203,7 @@ _SETTINGS = (
     "output_len",
     "range_ratio",
     "dataset",
+    "dataset_name",
     "seed",
     "compare_hf",
     "hf_batch_size",
@@ -232,6 +255,17 @@ def _report(result: dict[str, Any]) -> None:
     rows.append(["elapsed (s)", kaon["elapsed_s"], hf.get("elapsed_s"), None])
     rows.append(["peak KV cache usage (%)", 100.0 * kaon["peak_kv_cache_usage"], None, None])
     rows.append(["TTFT median (s)", kaon["ttft_s"]["median"], None, None])
+    tpots = [r["tpot"] for r in kaon["requests"] if r["tpot"]]
+    if tpots:  # per-request decode speed: at --max-num-seqs 1, single-stream decode tokens/s
+        rows.append(["decode tokens/s per request (1 / median TPOT)",
+                     1.0 / summarize(tpots)["median"], None, None])  # fmt: skip
+    spec = kaon.get("spec_decode")
+    if spec is not None:  # includes the warm-up requests' drafts
+        rows.append(["spec decode mean acceptance length", spec["mean_acceptance_length"],
+                     None, None])  # fmt: skip
+        rows.append(["spec decode drafts / draft tokens / accepted",
+                     f"{spec['num_drafts']} / {spec['num_draft_tokens']} / "
+                     f"{spec['num_accepted_tokens']}", None, None])  # fmt: skip
     if hf:
         matched = f"{hf['num_greedy_matches']}/{hf['num_requests']}"
         rows.append([f"greedy = transformers (first {NUM_MATCH_TOKENS})", None, matched, None])

@@ -109,6 +109,18 @@ class KVCacheManager:
         self.num_cached_blocks.pop(request.request_id, None)
         self.block_pool.free_blocks(list(reversed(blocks)))
 
+    def free_tail_blocks(self, request: Request) -> None:
+        """Return the blocks past ``request.num_computed_tokens`` (rejected draft tokens only;
+        never hashed) to the pool."""
+        blocks = self.req_to_blocks.get(request.request_id)
+        if not blocks:
+            return
+        num_needed = cdiv(request.num_computed_tokens, self.block_size)
+        if len(blocks) > num_needed:
+            tail = blocks[num_needed:]
+            del blocks[num_needed:]
+            self.block_pool.free_blocks(list(reversed(tail)))
+
     def get_block_ids(self, request_id: str) -> list[int]:
         return [block.block_id for block in self.req_to_blocks.get(request_id, [])]
 

@@ -12,12 +12,18 @@ decoding, everything again after a preemption.
        longer than the budget is prefilled in chunks over several steps.
 
 The policy is FCFS: a waiting request never overtakes an older one.
+
+With speculative decoding (a ``drafter``, kaon/spec_decode), a decoding request may also get draft
+tokens (``Request.spec_token_ids``) and slots for them; ``update_from_output`` appends the
+accepted ones, rolls ``num_computed_tokens`` back over the rejected ones and frees blocks that held
+only those.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from kaon.core.kv_cache_manager import KVCacheManager, cdiv
 from kaon.outputs import (
@@ -29,6 +35,9 @@ from kaon.outputs import (
 )
 from kaon.request import Request, RequestStatus
 
+if TYPE_CHECKING:
+    from kaon.spec_decode.drafter import Drafter, SpecDecodeStats
+
 
 @dataclass
 class SchedulerStats:
@@ -39,6 +48,7 @@ class SchedulerStats:
     kv_cache_usage: float  # fraction of KV cache blocks held by requests
     prefix_cache_hit_rate: float
     num_preemptions: int
+    spec_decode: SpecDecodeStats | None = None  # cumulative draft/acceptance counts, or None
 
 
 class Scheduler:
@@ -51,6 +61,7 @@ class Scheduler:
         max_num_batched_tokens: int,
         max_model_len: int,
         enable_chunked_prefill: bool = True,
+        drafter: Drafter | None = None,
     ) -> None:
         self.kv_cache_manager = kv_cache_manager
         self.block_size = kv_cache_manager.block_size
@@ -64,6 +75,7 @@ class Scheduler:
         self.finished_req_ids: set[str] = set()  # sent to the runner with the next step
         self._seen_by_runner: set[str] = set()
         self.num_preemptions = 0
+        self.drafter = drafter  # speculative decoding (kaon/spec_decode), None = off
 
     # ------------------------------------------------------------------ admission
 
@@ -112,11 +124,17 @@ class Scheduler:
     ) -> tuple[int, bool]:
         preempted = False
         index = 0
+        draft_budget = self._draft_budget()
         while index < len(self.running) and token_budget > 0:
             request = self.running[index]
             num_new_tokens = min(request.num_tokens - request.num_computed_tokens, token_budget)
+            draft = self._propose(request, num_new_tokens, min(draft_budget, token_budget - 1))
             while True:
-                if self.kv_cache_manager.allocate_slots(request, num_new_tokens) is not None:
+                allocated = self._allocate(request, num_new_tokens, draft)
+                if allocated is not None:
+                    request.spec_token_ids = allocated
+                    draft_budget -= len(allocated)
+                    num_new_tokens += len(allocated)
                     scheduled.append((request, num_new_tokens))
                     token_budget -= num_new_tokens
                     index += 1
@@ -128,6 +146,33 @@ class Scheduler:
                 if victim is request:
                     break
         return token_budget, preempted
+
+    def _allocate(
+        self, request: Request, num_new_tokens: int, draft: list[int]
+    ) -> list[int] | None:
+        """Slots for the tokens and, if they fit, the drafts. Returns the drafts kept (maybe
+        none), or None when even the tokens do not fit."""
+        manager = self.kv_cache_manager
+        if draft and manager.allocate_slots(request, num_new_tokens + len(draft)) is not None:
+            return draft
+        if manager.allocate_slots(request, num_new_tokens) is not None:
+            return []
+        return None
+
+    def _draft_budget(self) -> int:
+        """Draft tokens this step may carry in all (0 without speculative decoding)."""
+        if self.drafter is None:
+            return 0
+        num_decodes = sum(1 for r in self.running if r.num_tokens - r.num_computed_tokens == 1)
+        return self.drafter.row_budget(num_decodes)
+
+    def _propose(self, request: Request, num_new_tokens: int, max_num_drafts: int) -> list[int]:
+        """Draft tokens for a decoding request (one token to compute), else none."""
+        if self.drafter is None or max_num_drafts < 1 or num_new_tokens != 1:
+            return []
+        if request.num_tokens - request.num_computed_tokens != 1:
+            return []
+        return self.drafter.propose(request, max_num_drafts)
 
     def _schedule_waiting(self, scheduled: list[tuple[Request, int]], token_budget: int) -> None:
         while self.waiting and token_budget > 0 and len(self.running) < self.max_num_seqs:
@@ -178,13 +223,15 @@ class Scheduler:
                 )
             start = request.num_computed_tokens
             end = start + num_new_tokens
+            real_end = end - len(request.spec_token_ids)  # drafts follow the real tokens
             scheduled_requests.append(
                 ScheduledRequest(
                     request_id=request.request_id,
-                    token_ids=request.all_token_ids[start:end],
+                    token_ids=request.all_token_ids[start:real_end] + request.spec_token_ids,
                     num_computed_tokens=start,
                     block_ids=self.kv_cache_manager.get_block_ids(request.request_id),
-                    sample=end == request.num_tokens,
+                    sample=real_end == request.num_tokens,
+                    spec_token_ids=list(request.spec_token_ids),
                 )
             )
             request.num_computed_tokens = end
@@ -202,7 +249,8 @@ class Scheduler:
     def update_from_output(
         self, scheduler_output: SchedulerOutput, runner_output: ModelRunnerOutput
     ) -> list[EngineCoreOutput]:
-        """Append sampled tokens, apply stop conditions, free finished requests' blocks."""
+        """Append sampled tokens (accepted drafts first), apply stop conditions, roll back
+        rejected drafts, free finished requests' blocks."""
         outputs = []
         for request_id, token_id in zip(
             runner_output.req_ids, runner_output.sampled_token_ids, strict=True
@@ -210,17 +258,28 @@ class Scheduler:
             request = self.requests.get(request_id)
             if request is None or request.is_finished:
                 continue  # aborted while the step ran
-            request.append_output_token_ids([token_id])
-            self._check_stop(request, token_id)
+            accepted = runner_output.accepted_draft_token_ids.get(request_id, [])
+            self._finish_drafts(request, len(accepted))
+            new_token_ids = accepted + [token_id]
+            for count, new_token_id in enumerate(new_token_ids, start=1):
+                request.append_output_token_ids([new_token_id])
+                self._check_stop(request, new_token_id)
+                if request.is_finished:
+                    del new_token_ids[count:]  # tokens after a stop are dropped
+                    break
             prompt_logprobs = runner_output.prompt_logprobs.get(request_id)
             logprobs = runner_output.logprobs.get(request_id)
+            new_logprobs = None
+            if logprobs is not None:
+                new_logprobs = runner_output.draft_logprobs.get(request_id, []) + [logprobs]
+                new_logprobs = new_logprobs[: len(new_token_ids)]
             outputs.append(
                 EngineCoreOutput(
                     request_id=request_id,
-                    new_token_ids=[token_id],
+                    new_token_ids=new_token_ids,
                     finish_reason=request.status.finish_reason,
                     stop_reason=request.stop_reason,
-                    new_logprobs=[logprobs] if logprobs is not None else None,
+                    new_logprobs=new_logprobs,
                     new_prompt_logprobs=prompt_logprobs,
                     num_cached_tokens=max(request.num_cached_tokens, 0),
                 )
@@ -228,6 +287,18 @@ class Scheduler:
             if request.is_finished:
                 self._free_finished(request)
         return outputs
+
+    def _finish_drafts(self, request: Request, num_accepted: int) -> None:
+        """Forget the rejected drafts' KV: roll num_computed_tokens back over them and free
+        the blocks that only held them (they were never hashed for the prefix cache)."""
+        num_drafts = len(request.spec_token_ids)
+        if not num_drafts:
+            return
+        request.spec_token_ids = []
+        request.num_computed_tokens -= num_drafts - num_accepted
+        self.kv_cache_manager.free_tail_blocks(request)
+        if self.drafter is not None:
+            self.drafter.record(request.request_id, num_drafts, num_accepted)
 
     def _check_stop(self, request: Request, token_id: int) -> None:
         params = request.sampling_params
@@ -262,6 +333,9 @@ class Scheduler:
         if request in self.running:
             self.running.remove(request)
         self.kv_cache_manager.free(request)
+        request.spec_token_ids = []
+        if self.drafter is not None:
+            self.drafter.finish(request)
         del self.requests[request.request_id]
         if request.request_id in self._seen_by_runner:
             self._seen_by_runner.discard(request.request_id)
@@ -274,4 +348,5 @@ class Scheduler:
             kv_cache_usage=self.kv_cache_manager.usage(),
             prefix_cache_hit_rate=self.kv_cache_manager.prefix_cache_hit_rate(),
             num_preemptions=self.num_preemptions,
+            spec_decode=self.drafter.stats if self.drafter is not None else None,
         )

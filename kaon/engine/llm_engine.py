@@ -20,6 +20,7 @@ from kaon.logging_setup import ensure_visible_logging
 from kaon.outputs import RequestOutput
 from kaon.request import Request, RequestStatus
 from kaon.sampling_params import SamplingParams
+from kaon.spec_decode.drafter import Drafter
 from kaon.worker.kv_cache import bytes_per_block, default_max_model_len
 
 if TYPE_CHECKING:
@@ -73,12 +74,16 @@ class LLMEngine:
         )
         scheduler_config = config.scheduler_config
         _check_unchunked_budget(scheduler_config, self.max_model_len)
+        drafter = None
+        if config.speculative_config is not None:
+            drafter = Drafter(config.speculative_config, self.max_model_len)
         self.scheduler = Scheduler(
             self.kv_cache_manager,
             max_num_seqs=scheduler_config.max_num_seqs,
             max_num_batched_tokens=scheduler_config.max_num_batched_tokens,
             max_model_len=self.max_model_len,
             enable_chunked_prefill=scheduler_config.enable_chunked_prefill,
+            drafter=drafter,
         )
         self.input_processor = InputProcessor(self.tokenizer, self.max_model_len)
         self.output_processor = OutputProcessor(self.tokenizer)

@@ -153,6 +153,9 @@ class OutputProcessor:
         """Fold one step into a completion; True when a stop string ended it here."""
         if completion.finish_reason is not None:
             return False
+        delta, stop = "", None
+        if completion.detokenizer is not None:  # first: it may drop tokens after a stop string
+            delta, stop = _detokenize(completion.detokenizer, output)
         metrics = state.metrics
         if metrics.first_token_time is None and output.new_token_ids:
             metrics.first_token_time = now
@@ -170,7 +173,6 @@ class OutputProcessor:
         completion.stop_reason = output.stop_reason
         stop_hit = False
         if completion.detokenizer is not None:
-            delta, stop = completion.detokenizer.update(output.new_token_ids)
             completion.text += delta
             if stop is not None:
                 # The scheduler may have ended it in the same step (eos, length): then no abort.
@@ -264,3 +266,21 @@ class OutputProcessor:
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
+
+
+def _detokenize(detokenizer, output: EngineCoreOutput) -> tuple[str, str | None]:
+    """Text delta and matched stop string of a step's tokens. Several tokens in one step
+    (speculative decoding) are fed one at a time, and those after the token that completes a stop
+    string are dropped from ``output``, as decoding them one per step would."""
+    if len(output.new_token_ids) <= 1:
+        return detokenizer.update(output.new_token_ids)
+    delta = ""
+    for count, token_id in enumerate(output.new_token_ids, start=1):
+        piece, stop = detokenizer.update([token_id])
+        delta += piece
+        if stop is not None:
+            del output.new_token_ids[count:]
+            if output.new_logprobs is not None:
+                del output.new_logprobs[count:]
+            return delta, stop
+    return delta, None

@@ -83,10 +83,24 @@ class Sampler:
         return logits
 
     @staticmethod
-    def _sample(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
+    def process(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
+        """Cleaned logits after logit_bias, the min_tokens mask and penalties ([batch, vocab]
+        float32); what greedy decoding takes the argmax of."""
+        return Sampler._process(_clean(logits), metadata)
+
+    @staticmethod
+    def target_probs(
+        logits: torch.Tensor, metadata: SamplingMetadata
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The distribution a token is drawn from, for processed ``logits`` [batch, vocab].
+
+        Returns the greedy ids [batch] int64 and, unless every row is greedy, the probabilities
+        [batch, vocab] float32 after temperature, top-k/top-p and min-p (rows whose logits were
+        all -inf are all zero). Speculative decoding's rejection sampler uses the same two.
+        """
         greedy = ops.greedy_ids(logits)
         if metadata.all_greedy:
-            return greedy
+            return greedy, None
         temperature = metadata.temperature
         is_greedy = temperature < 1e-5
         scaled = logits / torch.where(is_greedy, 1.0, temperature).unsqueeze(1)
@@ -96,11 +110,25 @@ class Sampler:
             scaled = ops.apply_min_p(scaled, metadata.min_p)
         probs = scaled.softmax(dim=-1)
         # A row whose logits were all -inf gives NaN probabilities: fall back to its argmax.
-        probs = torch.nan_to_num(probs, nan=0.0)
+        return greedy, torch.nan_to_num(probs, nan=0.0)
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
+        greedy, probs = Sampler.target_probs(logits, metadata)
+        if probs is None:
+            return greedy
+        is_greedy = metadata.temperature < 1e-5
         sampled = ops.random_sample(probs, metadata.generators)
         dead = probs.sum(dim=-1) <= 0
         sampled = torch.where(dead, greedy, sampled)
         return sampled if metadata.all_random else torch.where(is_greedy, greedy, sampled)
+
+    @staticmethod
+    def gather_logprobs(
+        logprobs: torch.Tensor, sampled: torch.Tensor, num_top: int
+    ) -> SamplerOutput:
+        """Logprobs [batch, vocab] of ``sampled`` [batch] ids and the top ``num_top`` per row."""
+        return Sampler._gather_logprobs(logprobs, sampled, num_top)
 
     @staticmethod
     def _gather_logprobs(

@@ -4,6 +4,10 @@ Rows are ordered decodes first, then prefill chunks (see kaon/attention/metadata
 position ``p`` of a request with block table ``block_ids``:
 
     slot_mapping = block_ids[p // block_size] * block_size + p % block_size
+
+Speculative decoding: a decode with k draft tokens is k + 1 decode rows (one per position, each
+with its own context length), so verification runs the same decode attention as a plain decode
+step, and each of its k + 1 rows gets logits.
 """
 
 from __future__ import annotations
@@ -23,17 +27,18 @@ class InputBatch:
     attention: AttentionMetadata
     requests: list[ScheduledRequest]  # in row order
     query_start_loc: list[int]  # [num_requests + 1], cumulative query lengths
-    logits_indices: torch.Tensor  # [num_sampled] int64: the last row of each sampling request
-    sampled_req_indices: list[int]  # index into ``requests`` for each logits row
+    # [num_logits_rows] int64: the last row of each sampling request (all 1 + k rows of a
+    # request verifying k drafts)
+    logits_indices: torch.Tensor
+    sampled_req_indices: list[int]  # index into ``requests`` for each sampling request
+    num_logits_rows: list[int]  # logits rows of each sampling request: 1 + its drafts
 
     @classmethod
     def build(
         cls, scheduled: list[ScheduledRequest], block_size: int, device: torch.device
     ) -> InputBatch:
-        decodes = [r for r in scheduled if len(r.token_ids) == 1 and r.num_computed_tokens > 0]
-        prefills = [
-            r for r in scheduled if not (len(r.token_ids) == 1 and r.num_computed_tokens > 0)
-        ]
+        decodes = [r for r in scheduled if _is_decode(r)]
+        prefills = [r for r in scheduled if not _is_decode(r)]
         requests = decodes + prefills
         input_ids: list[int] = []
         positions: list[int] = []
@@ -48,10 +53,16 @@ class InputBatch:
                 slots.append(block * block_size + position % block_size)
             query_start_loc.append(len(input_ids))
         sampled_req_indices = [i for i, r in enumerate(requests) if r.sample]
-        logits_indices = [query_start_loc[i + 1] - 1 for i in sampled_req_indices]
+        num_logits_rows = [1 + len(requests[i].spec_token_ids) for i in sampled_req_indices]
+        logits_indices = [
+            row
+            for i, num_rows in zip(sampled_req_indices, num_logits_rows, strict=True)
+            for row in range(query_start_loc[i + 1] - num_rows, query_start_loc[i + 1])
+        ]
+        num_decode_rows = query_start_loc[len(decodes)]
         attention = AttentionMetadata(
             slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
-            num_decode_tokens=len(decodes),
+            num_decode_tokens=num_decode_rows,
             **_decode_tensors(decodes, block_size, device),
             prefills=[
                 _prefill_chunk(request, query_start_loc[len(decodes) + i], device)
@@ -66,7 +77,15 @@ class InputBatch:
             query_start_loc=query_start_loc,
             logits_indices=torch.tensor(logits_indices, dtype=torch.int64, device=device),
             sampled_req_indices=sampled_req_indices,
+            num_logits_rows=num_logits_rows,
         )
+
+
+def _is_decode(request: ScheduledRequest) -> bool:
+    """One new token after cached context, plus any draft tokens (one decode row each)."""
+    return request.num_computed_tokens > 0 and len(request.token_ids) == 1 + len(
+        request.spec_token_ids
+    )
 
 
 def _decode_tensors(
@@ -74,15 +93,21 @@ def _decode_tensors(
 ) -> dict[str, torch.Tensor | None]:
     if not decodes:
         return {"decode_block_tables": None, "decode_seq_lens": None, "decode_mask": None}
-    seq_lens = [r.num_computed_tokens + 1 for r in decodes]
+    # One row per query position: row i of a request sees its first num_computed + 1 + i tokens.
+    rows = [
+        (r.block_ids, r.num_computed_tokens + 1 + i)
+        for r in decodes
+        for i in range(len(r.token_ids))
+    ]
+    seq_lens = [seq_len for _, seq_len in rows]
     max_blocks = max(-(-n // block_size) for n in seq_lens)
     table = [
-        r.block_ids[:max_blocks] + [0] * (max_blocks - len(r.block_ids[:max_blocks]))
-        for r in decodes
+        block_ids[:max_blocks] + [0] * (max_blocks - len(block_ids[:max_blocks]))
+        for block_ids, _ in rows
     ]
     seq_lens_tensor = torch.tensor(seq_lens, dtype=torch.int64, device=device)
     slots = torch.arange(max_blocks * block_size, device=device)
-    mask = (slots.unsqueeze(0) < seq_lens_tensor.unsqueeze(1)).view(len(decodes), 1, 1, -1)
+    mask = (slots.unsqueeze(0) < seq_lens_tensor.unsqueeze(1)).view(len(rows), 1, 1, -1)
     return {
         "decode_block_tables": torch.tensor(table, dtype=torch.int64, device=device),
         "decode_seq_lens": seq_lens_tensor,

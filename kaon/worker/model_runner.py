@@ -7,6 +7,7 @@ reports the request finished. It never sees the scheduler's Request objects.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -16,6 +17,7 @@ from kaon.models.llama import LlamaForCausalLM
 from kaon.outputs import Logprob, ModelRunnerOutput, PositionLogprobs, SchedulerOutput
 from kaon.sample.sampler import Sampler, SamplerOutput, compute_prompt_logprobs
 from kaon.sampling_params import SamplingParams
+from kaon.spec_decode.rejection_sampler import verify_drafts
 from kaon.worker.input_batch import InputBatch
 from kaon.worker.sampling_inputs import build_sampling_metadata
 
@@ -69,6 +71,10 @@ class ModelRunner:
         if logits is None:  # a tensor-parallel rank other than 0: only rank 0 samples
             return output
         states = [self.requests[batch.requests[i].request_id] for i in batch.sampled_req_indices]
+        drafts = [batch.requests[i].spec_token_ids for i in batch.sampled_req_indices]
+        if any(drafts):
+            self._verify(logits, states, drafts, output)
+            return output
         metadata = build_sampling_metadata(states, self.vocab_size, self.device)
         sampler_output = self.sampler(logits, metadata)
         sampled = sampler_output.sampled_token_ids.tolist()  # the one host sync of the step
@@ -92,6 +98,40 @@ class ModelRunner:
             self.requests[new.request_id] = CachedRequestState(
                 new.request_id, new.prompt_token_ids, params, generator, self.eos_token_ids
             )
+
+    def _verify(
+        self,
+        logits: torch.Tensor,
+        states: list[CachedRequestState],
+        drafts: list[list[int]],
+        output: ModelRunnerOutput,
+    ) -> None:
+        """Speculative decoding: logits has 1 + len(draft) rows per request; keep the accepted
+        drafts and one sampled token (kaon/spec_decode/rejection_sampler.py)."""
+        # Row i of a request sees its drafts before i as output (penalties, min_tokens).
+        row_states = [
+            dataclasses.replace(state, output_token_ids=state.output_token_ids + draft[:i])
+            for state, draft in zip(states, drafts, strict=True)
+            for i in range(len(draft) + 1)
+        ]
+        metadata = build_sampling_metadata(row_states, self.vocab_size, self.device)
+        generators = [state.generator for state in states]
+        verified = verify_drafts(logits, metadata, drafts, generators)
+        output.req_ids = [state.request_id for state in states]
+        output.sampled_token_ids = [token_ids[-1] for token_ids in verified.token_ids]
+        for row, (state, token_ids) in enumerate(zip(states, verified.token_ids, strict=True)):
+            state.output_token_ids.extend(token_ids)
+            if len(token_ids) > 1:
+                output.accepted_draft_token_ids[state.request_id] = token_ids[:-1]
+            num_top = state.sampling_params.logprobs
+            if verified.logprob_rows is None or num_top is None:
+                continue
+            ids, values, ranks = verified.logprob_rows[row]
+            positions = [
+                _position_logprobs(ids[i], values[i], ranks[i], num_top) for i in range(len(ids))
+            ]
+            output.logprobs[state.request_id] = positions[-1]
+            output.draft_logprobs[state.request_id] = positions[:-1]
 
     def _sample_logprobs(
         self,
