@@ -50,7 +50,10 @@ def test_prompt_logits_match_transformers(gemma3_llm, hf_gemma, prompt):
 
 
 def test_greedy_64_token_continuations_match_transformers(gemma3_llm, hf_gemma):
-    prompt_ids = [gemma3_llm.tokenizer.encode(prompt) for prompt in PROMPTS]
+    # The chat prompt and the one past the sliding window: transformers' generate over a
+    # 262k vocabulary costs minutes per prompt on 2 cores (all 5 prompts were checked once:
+    # BENCHMARKS.md, Gemma 3).
+    prompt_ids = [gemma3_llm.tokenizer.encode(prompt) for prompt in (PROMPTS[1], PROMPTS[-1])]
     params = SamplingParams(temperature=0, max_tokens=64, min_tokens=64)
     outputs = gemma3_llm.generate(prompt_ids, params, use_tqdm=False)
     for token_ids, output in zip(prompt_ids, outputs, strict=True):
