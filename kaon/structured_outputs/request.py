@@ -32,6 +32,14 @@ class StructuredOutputRequest:
         """True once the grammar is compiled (the request may then be scheduled)."""
         return self._template.done()
 
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the grammar is compiled (benchmarks and tests; the engine never waits).
+
+        Raises:
+            TimeoutError: after ``timeout`` seconds.
+        """
+        self._template.result(timeout)
+
     @property
     def matcher(self) -> llguidance.LLMatcher:
         """The request's matcher. Only call once ``is_ready()``."""
