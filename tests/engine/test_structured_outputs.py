@@ -15,16 +15,16 @@ from tests.conftest import assert_all_blocks_free
 
 PROMPTS = [
     "Reply in JSON: a person.",
-    "Reply in JSON: an address.",
-    "Reply in JSON: two points.",
-    "Reply in JSON: a shopping list.",
+    "Reply in JSON: a color.",
+    "Reply in JSON: a code.",
+    "Reply in JSON: is it ok?",
 ]
-NAMES = ["person", "address", "ref_defs", "array_of_objects"]
+NAMES = ["person", "enum_color", "pattern_code", "bool_flag"]
 
 
-def _constrained(name: str, **params) -> SamplingParams:
+def _constrained(name: str, max_tokens: int = 120, **params) -> SamplingParams:
     structured = StructuredOutputsParams(json=SCHEMAS[name])
-    return SamplingParams(max_tokens=120, structured_outputs=structured, **params)
+    return SamplingParams(max_tokens=max_tokens, structured_outputs=structured, **params)
 
 
 def test_structured_outputs_params_needs_exactly_one_field():
@@ -97,6 +97,7 @@ def test_same_schema_compiles_once(llm):
         "type": "object",
         "properties": {"q": {"type": "integer", "minimum": 0, "maximum": 99}},
         "required": ["q"],
+        "additionalProperties": False,
     }
     params = SamplingParams(temperature=0, max_tokens=20,
                             structured_outputs=StructuredOutputsParams(json=schema))  # fmt: skip
@@ -108,10 +109,11 @@ def test_same_schema_compiles_once(llm):
 
 
 def test_preemption_keeps_constrained_outputs(llm):
-    greedy = [_constrained(name, temperature=0) for name in NAMES]
+    # max_tokens 30 fits max_model_len 48; two of the four requests fill the KV cache
+    greedy = [_constrained(name, temperature=0, max_tokens=30) for name in NAMES]
     reference = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, greedy, use_tqdm=False)]
     per_token = llm.engine.arch_config.kv_bytes_per_token * 4
-    small = LLM(kv_cache_memory_bytes=per_token * 112, max_model_len=112)
+    small = LLM(kv_cache_memory_bytes=per_token * 48, max_model_len=48)  # 3 blocks
     try:
         outputs = small.generate(PROMPTS, greedy, use_tqdm=False)
         assert small.engine.stats().num_preemptions > 0
