@@ -14,25 +14,28 @@ def apply_token_bitmask(
     """Set to -inf the logits of tokens a row's grammar does not allow.
 
     logits: [batch, vocab] (modified in place and returned); rows: [num_constrained] int64, the
-    logits rows that have a grammar; bitmask: [num_constrained, cdiv(vocab, 32)] int32 on the
+    logits rows that have a grammar, ascending; bitmask: [num_constrained, cdiv(vocab, 32)] int32 on the
     same device, bit ``i % 32`` of word ``i // 32`` set when token ``i`` is allowed (llguidance's
     layout). Rows not listed are not touched, so their sampling is bit-identical to a batch
     without constrained rows. Ids past the bitmask's width are disallowed.
     """
     vocab_size = logits.shape[1]
-    allowed = _unpack(bitmask)  # [rows, words * 32] bool
-    if allowed.shape[1] < vocab_size:
-        allowed = torch.nn.functional.pad(allowed, (0, vocab_size - allowed.shape[1]))
-    allowed = allowed[:, :vocab_size]
-    logits[rows] = logits[rows].masked_fill(~allowed, float("-inf"))
+    bits = _unpack(bitmask)  # [rows, words * 32] uint8, 1 = allowed
+    if bits.shape[1] < vocab_size:
+        bits = torch.nn.functional.pad(bits, (0, vocab_size - bits.shape[1]))
+    disallowed = bits[:, :vocab_size] == 0  # [rows, vocab] bool
+    if rows.numel() == logits.shape[0]:  # every row constrained (rows are in order)
+        return logits.masked_fill_(disallowed, float("-inf"))
+    constrained = logits[rows]  # [rows, vocab], a copy
+    logits[rows] = constrained.masked_fill_(disallowed, float("-inf"))
     return logits
 
 
 def _unpack(bitmask: torch.Tensor) -> torch.Tensor:
-    """[rows, words] int32 -> [rows, words * 32] bool, token i at column i."""
+    """[rows, words] int32 -> [rows, words * 32] uint8 (1 = allowed), token i at column i."""
     if bitmask.device.type == "cpu":
         # numpy's unpackbits is ~4x faster than shifting on the CPU; bytes are little-endian.
         bits = np.unpackbits(bitmask.numpy().view(np.uint8), axis=1, bitorder="little")
-        return torch.from_numpy(bits).bool()
+        return torch.from_numpy(bits)
     shifts = torch.arange(_BITS, dtype=torch.int32, device=bitmask.device)
-    return ((bitmask.unsqueeze(-1) >> shifts) & 1).bool().flatten(1)  # [rows, words * 32]
+    return ((bitmask.unsqueeze(-1) >> shifts) & 1).to(torch.uint8).flatten(1)

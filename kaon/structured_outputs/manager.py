@@ -12,6 +12,7 @@ vocabulary) is built lazily on the compile thread by the first structured reques
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -35,7 +36,10 @@ logger = logging.getLogger("kaon")
 
 _MAX_TEMPLATES = 256  # compiled grammars kept per engine (LRU)
 _COMPILE_THREADS = 2  # grammar compiles run here, never on the engine loop
-_MASK_THREADS = 2  # llguidance's own pool for batched mask computation
+# llguidance's own (rayon) pool computes a batch's masks in parallel; its workers spin while
+# they wait, which on a machine with few cores takes CPU from the forward pass, so small
+# machines compute the rows one after another on the engine thread instead.
+_MASK_THREADS = min(8, (os.cpu_count() or 1) // 4)
 
 
 class StructuredOutputManager:
@@ -128,8 +132,9 @@ class StructuredOutputManager:
         if not rows:
             return
         bitmask = llguidance.numpy.allocate_token_bitmask(len(rows), self.vocab_size)
-        if len(matchers) == 1:
-            llguidance.numpy.fill_next_token_bitmask(matchers[0][0], bitmask, matchers[0][1])
+        if len(matchers) == 1 or _MASK_THREADS < 2:
+            for matcher, row in matchers:
+                llguidance.numpy.fill_next_token_bitmask(matcher, bitmask, row)
         elif matchers:
             if self._mask_executor is None:
                 self._mask_executor = llguidance.LLExecutor(_MASK_THREADS)
