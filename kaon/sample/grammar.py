@@ -13,10 +13,10 @@ def apply_token_bitmask(
 ) -> torch.Tensor:
     """Set to -inf the logits of tokens a row's grammar does not allow.
 
-    logits: [batch, vocab] (modified in place and returned); rows: [num_constrained] int64, the
-    logits rows that have a grammar, ascending; bitmask: [num_constrained, cdiv(vocab, 32)] int32 on the
-    same device, bit ``i % 32`` of word ``i // 32`` set when token ``i`` is allowed (llguidance's
-    layout). Rows not listed are not touched, so their sampling is bit-identical to a batch
+    logits: [batch, vocab] (modified in place and returned); rows: [num_constrained] int64,
+    ascending, the logits rows that have a grammar; bitmask: [num_constrained, cdiv(vocab, 32)]
+    int32 on the same device, bit ``i % 32`` of word ``i // 32`` set when token ``i`` is allowed
+    (llguidance's layout). Rows not listed are not touched, so their sampling is bit-identical to a batch
     without constrained rows. Ids past the bitmask's width are disallowed.
     """
     vocab_size = logits.shape[1]
