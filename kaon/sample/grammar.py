@@ -16,8 +16,8 @@ def apply_token_bitmask(
     logits: [batch, vocab] (modified in place and returned); rows: [num_constrained] int64,
     ascending, the logits rows that have a grammar; bitmask: [num_constrained, cdiv(vocab, 32)]
     int32 on the same device, bit ``i % 32`` of word ``i // 32`` set when token ``i`` is allowed
-    (llguidance's layout). Rows not listed are not touched, so their sampling is bit-identical to a batch
-    without constrained rows. Ids past the bitmask's width are disallowed.
+    (llguidance's layout). Rows not listed are not touched, so their sampling is bit-identical
+    to a batch without constrained rows. Ids past the bitmask's width are disallowed.
     """
     vocab_size = logits.shape[1]
     bits = _unpack(bitmask)  # [rows, words * 32] uint8, 1 = allowed
