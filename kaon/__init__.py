@@ -11,16 +11,24 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from kaon.entrypoints.llm import LLM
     from kaon.outputs import CompletionOutput, RequestOutput
-    from kaon.sampling_params import SamplingParams
+    from kaon.sampling_params import SamplingParams, StructuredOutputsParams
 
 __version__ = "0.1.0"
-__all__ = ["LLM", "CompletionOutput", "RequestOutput", "SamplingParams", "__version__"]
+__all__ = [
+    "LLM",
+    "CompletionOutput",
+    "RequestOutput",
+    "SamplingParams",
+    "StructuredOutputsParams",
+    "__version__",
+]
 
 _LAZY = {
     "LLM": "kaon.entrypoints.llm",
     "CompletionOutput": "kaon.outputs",
     "RequestOutput": "kaon.outputs",
     "SamplingParams": "kaon.sampling_params",
+    "StructuredOutputsParams": "kaon.sampling_params",
 }
 
 

@@ -176,7 +176,9 @@ class Scheduler:
 
     def _schedule_waiting(self, scheduled: list[tuple[Request, int]], token_budget: int) -> None:
         while self.waiting and token_budget > 0 and len(self.running) < self.max_num_seqs:
-            request = self.waiting[0]
+            request = self._first_ready_waiting()
+            if request is None:
+                break  # every waiting request's grammar is still compiling
             computed_blocks: list = []
             if request.num_computed_tokens == 0:
                 computed_blocks, num_hit_tokens = self.kv_cache_manager.get_computed_blocks(request)
@@ -195,11 +197,20 @@ class Scheduler:
             ):
                 request.num_computed_tokens = 0
                 break
-            self.waiting.popleft()
+            self.waiting.remove(request)
             request.status = RequestStatus.RUNNING
             self.running.append(request)
             scheduled.append((request, num_new_tokens))
             token_budget -= num_new_tokens
+
+    def _first_ready_waiting(self) -> Request | None:
+        """The oldest waiting request that can run: one whose grammar is still compiling waits
+        (it keeps its place in line) while the requests behind it go ahead."""
+        for request in self.waiting:
+            structured = request.structured_output_request
+            if structured is None or structured.is_ready():
+                return request
+        return None
 
     def _preempt(self, request: Request) -> None:
         """Drop a running request's KV (recomputed later) and put it first in line."""
@@ -264,6 +275,7 @@ class Scheduler:
             for count, new_token_id in enumerate(new_token_ids, start=1):
                 request.append_output_token_ids([new_token_id])
                 self._check_stop(request, new_token_id)
+                self._advance_grammar(request, new_token_id)
                 if request.is_finished:
                     del new_token_ids[count:]  # tokens after a stop are dropped
                     break
@@ -315,6 +327,17 @@ class Scheduler:
             request.num_tokens >= self.max_model_len
         ):
             request.status = RequestStatus.FINISHED_LENGTH
+
+    @staticmethod
+    def _advance_grammar(request: Request, token_id: int) -> None:
+        """Feed the sampled token to the request's grammar; a grammar that is complete and allows
+        nothing more (not even more whitespace) ends the request with finish_reason "stop"."""
+        structured = request.structured_output_request
+        if structured is None:
+            return
+        done = structured.accept_token(token_id)
+        if done and not request.is_finished:
+            request.status = RequestStatus.FINISHED_STOPPED
 
     def finish_requests(self, request_ids: list[str], status: RequestStatus) -> None:
         """End requests from outside (abort, stop string); unknown or finished ids are ignored."""

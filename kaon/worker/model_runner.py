@@ -15,9 +15,11 @@ import torch
 from kaon.attention.metadata import forward_context
 from kaon.models.llama import LlamaForCausalLM
 from kaon.outputs import Logprob, ModelRunnerOutput, PositionLogprobs, SchedulerOutput
+from kaon.sample.grammar import apply_token_bitmask
 from kaon.sample.sampler import Sampler, SamplerOutput, compute_prompt_logprobs
 from kaon.sampling_params import SamplingParams
 from kaon.spec_decode.rejection_sampler import verify_drafts
+from kaon.worker.grammar_inputs import add_grammar_bitmask
 from kaon.worker.input_batch import InputBatch
 from kaon.worker.sampling_inputs import build_sampling_metadata
 
@@ -73,14 +75,16 @@ class ModelRunner:
         states = [self.requests[batch.requests[i].request_id] for i in batch.sampled_req_indices]
         drafts = [batch.requests[i].spec_token_ids for i in batch.sampled_req_indices]
         if any(drafts):
-            self._verify(logits, states, drafts, output)
+            self._verify(logits, states, drafts, scheduler_output, output)
             return output
         metadata = build_sampling_metadata(states, self.vocab_size, self.device)
+        request_ids = [state.request_id for state in states]
+        add_grammar_bitmask(metadata, scheduler_output, request_ids, self.device)
         sampler_output = self.sampler(logits, metadata)
         sampled = sampler_output.sampled_token_ids.tolist()  # the one host sync of the step
         for state, token_id in zip(states, sampled, strict=True):
             state.output_token_ids.append(token_id)
-        output.req_ids = [state.request_id for state in states]
+        output.req_ids = request_ids
         output.sampled_token_ids = sampled
         if sampler_output.logprobs is not None:
             self._sample_logprobs(states, sampler_output, output)
@@ -104,10 +108,12 @@ class ModelRunner:
         logits: torch.Tensor,
         states: list[CachedRequestState],
         drafts: list[list[int]],
+        scheduler_output: SchedulerOutput,
         output: ModelRunnerOutput,
     ) -> None:
         """Speculative decoding: logits has 1 + len(draft) rows per request; keep the accepted
-        drafts and one sampled token (kaon/spec_decode/rejection_sampler.py)."""
+        drafts and one sampled token (kaon/spec_decode/rejection_sampler.py). A request with a
+        grammar gets no drafts (one row), masked here as in the plain sampling path."""
         # Row i of a request sees its drafts before i as output (penalties, min_tokens).
         row_states = [
             dataclasses.replace(state, output_token_ids=state.output_token_ids + draft[:i])
@@ -115,6 +121,11 @@ class ModelRunner:
             for i in range(len(draft) + 1)
         ]
         metadata = build_sampling_metadata(row_states, self.vocab_size, self.device)
+        row_ids = [state.request_id for state in row_states]
+        add_grammar_bitmask(metadata, scheduler_output, row_ids, self.device)
+        if metadata.grammar_bitmask is not None:
+            logits = apply_token_bitmask(logits, metadata.grammar_rows, metadata.grammar_bitmask)
+            metadata.grammar_rows = metadata.grammar_bitmask = None
         generators = [state.generator for state in states]
         verified = verify_drafts(logits, metadata, drafts, generators)
         output.req_ids = [state.request_id for state in states]

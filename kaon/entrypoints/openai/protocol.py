@@ -16,7 +16,12 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PlainValidator, model_validator
 
 from kaon.entrypoints.openai.protocol_base import IgnoredFields, StrictModel, logger
-from kaon.sampling_params import SamplingParams
+from kaon.entrypoints.openai.structured_outputs import (
+    ResponseFormat,
+    StructuredOutputsRequest,
+    structured_outputs_params,
+)
+from kaon.sampling_params import SamplingParams, StructuredOutputsParams
 
 MAX_N = 128  # completions per prompt; bounds the work one request can ask for
 MAX_PROMPTS = 1024  # prompts in one completions request
@@ -84,6 +89,7 @@ class SamplingRequest(IgnoredFields):
     ignore_eos: bool = False
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    structured_outputs: StructuredOutputsRequest | None = None
 
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> SamplingRequest:
@@ -129,8 +135,17 @@ class SamplingRequest(IgnoredFields):
             skip_special_tokens=self.skip_special_tokens,
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
+            structured_outputs=self.structured_outputs_params(),
             output_kind_delta=True,
         )
+
+    def structured_outputs_params(self) -> StructuredOutputsParams | None:
+        """The output constraint (``response_format`` on chat, ``structured_outputs``), checked.
+
+        Raises:
+            ValueError: naming the field when the constraint is malformed or does not compile.
+        """
+        return structured_outputs_params(None, self.structured_outputs)
 
     @property
     def include_usage(self) -> bool:
@@ -196,6 +211,7 @@ class ChatCompletionRequest(SamplingRequest):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     add_generation_prompt: bool = True  # vLLM extension
+    response_format: ResponseFormat | None = None
 
     @model_validator(mode="after")
     def _logprobs(self) -> ChatCompletionRequest:
@@ -205,6 +221,9 @@ class ChatCompletionRequest(SamplingRequest):
         if both and self.max_tokens != self.max_completion_tokens:
             raise ValueError("max_completion_tokens: conflicts with max_tokens; send one")
         return self
+
+    def structured_outputs_params(self) -> StructuredOutputsParams | None:
+        return structured_outputs_params(self.response_format, self.structured_outputs)
 
     @property
     def requested_max_tokens(self) -> int | None:
