@@ -2,7 +2,14 @@
 
 from kaon.entrypoints.llm import LLM
 from kaon.outputs import CompletionOutput, RequestOutput
-from kaon.sampling_params import SamplingParams
+from kaon.sampling_params import SamplingParams, StructuredOutputsParams
 
 __version__ = "0.1.0"
-__all__ = ["LLM", "CompletionOutput", "RequestOutput", "SamplingParams", "__version__"]
+__all__ = [
+    "LLM",
+    "CompletionOutput",
+    "RequestOutput",
+    "SamplingParams",
+    "StructuredOutputsParams",
+    "__version__",
+]

@@ -9,6 +9,7 @@ Nothing here imports torch, so ``kaon/core`` can use it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from kaon.sampling_params import SamplingParams
 
@@ -48,6 +49,11 @@ class SchedulerOutput:
     new_requests: list[NewRequestData]
     num_scheduled_tokens: int
     finished_req_ids: set[str] = field(default_factory=set)  # runner drops their state
+    # Structured outputs (filled by the engine after scheduling): request id -> row of
+    # grammar_bitmask, a numpy int32 [num_rows, cdiv(vocab_size, 32)] array whose bit i of a row
+    # is set when token i is allowed. Only requests that sample this step and have a grammar.
+    structured_output_request_ids: dict[str, int] = field(default_factory=dict)
+    grammar_bitmask: Any = None
 
     @property
     def is_empty(self) -> bool:

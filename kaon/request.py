@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
+from typing import Protocol
 
 from kaon.sampling_params import SamplingParams
 
@@ -33,6 +34,18 @@ _FINISH_REASONS = {
     RequestStatus.FINISHED_LENGTH: "length",
     RequestStatus.FINISHED_ABORTED: "abort",
 }
+
+
+class StructuredOutputState(Protocol):
+    """What the scheduler needs from a request's grammar matcher (kaon.structured_outputs)."""
+
+    def is_ready(self) -> bool:
+        """False while the grammar compiles: the request then waits, others go ahead."""
+        ...
+
+    def accept_token(self, token_id: int) -> bool:
+        """Advance by a sampled token; True when the grammar is complete (finish "stop")."""
+        ...
 
 
 class Request:
@@ -70,6 +83,8 @@ class Request:
         self.stop_reason: int | str | None = None
         # Hashes of this request's full blocks, computed lazily by the KV cache manager.
         self.block_hashes: list[int] = []
+        # Grammar matcher when sampling_params.structured_outputs is set (set by the engine).
+        self.structured_output_request: StructuredOutputState | None = None
 
     @property
     def num_prompt_tokens(self) -> int:

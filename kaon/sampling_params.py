@@ -11,6 +11,60 @@ import copy
 from dataclasses import dataclass
 
 _MAX_LOGPROBS = 20  # OpenAI caps top_logprobs at 20
+_STRUCTURED_FIELDS = ("json", "regex", "choice", "grammar", "json_object")
+
+
+@dataclass
+class StructuredOutputsParams:
+    """A constraint on the generated text, enforced token by token (vLLM's names).
+
+    Exactly one field is set:
+        json         a JSON schema (dict or its JSON text): the output is one JSON value valid
+                     under it (draft 2020-12 subset that llguidance supports)
+        regex        the whole output fullmatches this regular expression (Rust regex syntax)
+        choice       the output is exactly one of these strings
+        grammar      a Lark grammar as llguidance accepts it (``start:`` rule; may embed
+                     ``%json{...}`` schemas)
+        json_object  any JSON object (OpenAI's ``response_format: {"type": "json_object"}``)
+
+    Raises:
+        ValueError: naming the field when none or several are set, or a field has the wrong type.
+            Whether a schema, regex or grammar compiles is checked when the request is added
+            (``kaon.structured_outputs``), also as a ValueError naming the field.
+    """
+
+    json: dict | str | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool = False
+
+    def __post_init__(self) -> None:
+        chosen = [name for name in _STRUCTURED_FIELDS if getattr(self, name) not in (None, False)]
+        if len(chosen) != 1:
+            names = ", ".join(chosen) if chosen else "none"
+            raise ValueError(
+                f"structured_outputs: set exactly one of json, regex, choice, grammar or "
+                f"json_object (got {names})"
+            )
+        if self.json is not None and not isinstance(self.json, dict | str):
+            raise ValueError("structured_outputs.json must be a JSON schema (object or string)")
+        for name in ("regex", "grammar"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"structured_outputs.{name} must be a non-empty string")
+        if self.choice is not None:
+            if not isinstance(self.choice, list) or not self.choice:
+                raise ValueError("structured_outputs.choice must be a non-empty list of strings")
+            if not all(isinstance(item, str) and item for item in self.choice):
+                raise ValueError("structured_outputs.choice must hold non-empty strings")
+        if not isinstance(self.json_object, bool):
+            raise ValueError("structured_outputs.json_object must be a boolean")
+
+    @property
+    def kind(self) -> str:
+        """The field that is set: "json", "regex", "choice", "grammar" or "json_object"."""
+        return next(n for n in _STRUCTURED_FIELDS if getattr(self, n) not in (None, False))
 
 
 @dataclass
@@ -45,6 +99,7 @@ class SamplingParams:
     logprobs: int | None = None  # number of top logprobs per generated token (0 = sampled only)
     prompt_logprobs: int | None = None  # same, for each prompt token after the first
     detokenize: bool = True
+    structured_outputs: StructuredOutputsParams | None = None  # constrained decoding
     output_kind_delta: bool = False  # internal: stream deltas instead of cumulative text
 
     def __post_init__(self) -> None:
@@ -94,6 +149,10 @@ class SamplingParams:
             _check_int("prompt_logprobs", self.prompt_logprobs, low=0, high=_MAX_LOGPROBS)
         if self.logit_bias is not None:
             self._validate_logit_bias()
+        if self.structured_outputs is not None and not isinstance(
+            self.structured_outputs, StructuredOutputsParams
+        ):
+            raise ValueError("structured_outputs must be a StructuredOutputsParams")
 
     def _validate_logit_bias(self) -> None:
         if not isinstance(self.logit_bias, dict):

@@ -206,6 +206,12 @@ class Tokenizer:
         return self._vocab_size
 
     @property
+    def backend_tokenizer(self) -> HFTokenizer:
+        """The wrapped `tokenizers.Tokenizer` (its JSON builds other libraries' tokenizers, e.g.
+        llguidance's for structured outputs)."""
+        return self._hf
+
+    @property
     def bos_token_id(self) -> int | None:
         return self._bos_token_id
 

@@ -131,7 +131,9 @@ class Scheduler:
 
     def _schedule_waiting(self, scheduled: list[tuple[Request, int]], token_budget: int) -> None:
         while self.waiting and token_budget > 0 and len(self.running) < self.max_num_seqs:
-            request = self.waiting[0]
+            request = self._first_ready_waiting()
+            if request is None:
+                break  # every waiting request's grammar is still compiling
             computed_blocks: list = []
             if request.num_computed_tokens == 0:
                 computed_blocks, num_hit_tokens = self.kv_cache_manager.get_computed_blocks(request)
@@ -150,11 +152,20 @@ class Scheduler:
             ):
                 request.num_computed_tokens = 0
                 break
-            self.waiting.popleft()
+            self.waiting.remove(request)
             request.status = RequestStatus.RUNNING
             self.running.append(request)
             scheduled.append((request, num_new_tokens))
             token_budget -= num_new_tokens
+
+    def _first_ready_waiting(self) -> Request | None:
+        """The oldest waiting request that can run: one whose grammar is still compiling waits
+        (it keeps its place in line) while the requests behind it go ahead."""
+        for request in self.waiting:
+            structured = request.structured_output_request
+            if structured is None or structured.is_ready():
+                return request
+        return None
 
     def _preempt(self, request: Request) -> None:
         """Drop a running request's KV (recomputed later) and put it first in line."""
@@ -212,6 +223,7 @@ class Scheduler:
                 continue  # aborted while the step ran
             request.append_output_token_ids([token_id])
             self._check_stop(request, token_id)
+            self._advance_grammar(request, token_id)
             prompt_logprobs = runner_output.prompt_logprobs.get(request_id)
             logprobs = runner_output.logprobs.get(request_id)
             outputs.append(
@@ -244,6 +256,17 @@ class Scheduler:
             request.num_tokens >= self.max_model_len
         ):
             request.status = RequestStatus.FINISHED_LENGTH
+
+    @staticmethod
+    def _advance_grammar(request: Request, token_id: int) -> None:
+        """Feed the sampled token to the request's grammar; a grammar that is complete and allows
+        nothing more (not even more whitespace) ends the request with finish_reason "stop"."""
+        structured = request.structured_output_request
+        if structured is None:
+            return
+        done = structured.accept_token(token_id)
+        if done and not request.is_finished:
+            request.status = RequestStatus.FINISHED_STOPPED
 
     def finish_requests(self, request_ids: list[str], status: RequestStatus) -> None:
         """End requests from outside (abort, stop string); unknown or finished ids are ignored."""

@@ -19,6 +19,7 @@ from kaon.executor.executor import create_executor
 from kaon.outputs import RequestOutput
 from kaon.request import Request, RequestStatus
 from kaon.sampling_params import SamplingParams
+from kaon.structured_outputs import StructuredOutputManager
 from kaon.worker.kv_cache import bytes_per_block
 
 if TYPE_CHECKING:
@@ -76,6 +77,9 @@ class LLMEngine:
         )
         self.input_processor = InputProcessor(self.tokenizer, self.max_model_len)
         self.output_processor = OutputProcessor(self.tokenizer)
+        self.structured_output_manager = StructuredOutputManager(
+            self.tokenizer, self.arch_config.vocab_size, self.eos_token_ids
+        )
         self.num_steps = 0
 
     @classmethod
@@ -131,6 +135,9 @@ class LLMEngine:
         if request_id in self.output_processor.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
         prompt_text, prompt_token_ids = self.input_processor.process(prompt, sampling_params)
+        structured = sampling_params.structured_outputs
+        if structured is not None:  # validates now (ValueError -> 400); compiles off the loop
+            self.structured_output_manager.create_request(request_id, structured)
         arrival = time.monotonic() if arrival_time is None else arrival_time
         room = self.max_model_len - len(prompt_token_ids)
         max_tokens = min(sampling_params.max_tokens or room, room)
@@ -145,6 +152,10 @@ class LLMEngine:
                     params.seed = sampling_params.seed + index  # distinct, reproducible
                 request = Request(child_id, prompt_token_ids, params, self.eos_token_ids,
                                   arrival, max_tokens=max_tokens)  # fmt: skip
+                if structured is not None:
+                    request.structured_output_request = (
+                        self.structured_output_manager.create_request(child_id, structured)
+                    )
                 self.scheduler.add_request(request)
         except ValueError:
             self.abort_request([request_id])  # undo the children already queued
@@ -171,6 +182,7 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Run one scheduling step and return the outputs of the requests that progressed."""
         scheduler_output = self.scheduler.schedule()
+        self.structured_output_manager.grammar_bitmask(scheduler_output, self.scheduler.requests)
         runner_output = self.executor.execute_model(scheduler_output)
         engine_outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
         request_outputs, stopped = self.output_processor.process_outputs(engine_outputs)
@@ -217,6 +229,7 @@ class LLMEngine:
             pool.free_blocks(blocks)
 
     def shutdown(self) -> None:
-        """Stop the executor's worker ranks (tensor parallelism); idempotent. The engine cannot
-        step afterwards."""
+        """Stop the executor's worker ranks (tensor parallelism) and the grammar compile threads;
+        idempotent. The engine cannot step afterwards."""
+        self.structured_output_manager.shutdown()
         self.executor.shutdown()

@@ -31,3 +31,7 @@ class SamplingMetadata:
     # Rows still below min_tokens: these token ids are masked (eos and stop_token_ids).
     min_tokens_masks: list[tuple[int, list[int]]]
     max_num_logprobs: int | None  # largest top-logprobs count asked for (None = none asked)
+    # Structured outputs: the rows with a grammar [num_constrained] int64 and their allowed-token
+    # bitmasks [num_constrained, cdiv(vocab, 32)] int32 (bit i set = token i allowed).
+    grammar_rows: torch.Tensor | None = None
+    grammar_bitmask: torch.Tensor | None = None

@@ -1,6 +1,7 @@
 """Sampler: logits [batch, vocab] -> one token per row, plus logprobs when asked.
 
-    raw logits -> (logprobs of the raw distribution, as vLLM and OpenAI report them)
+    raw logits -> grammar bitmask (structured outputs; only the constrained rows)
+               -> (logprobs of the raw distribution, as vLLM and OpenAI report them)
                -> logit_bias -> min_tokens mask -> penalties -> greedy argmax
                                                             -> / temperature -> top-k/top-p -> min-p
                                                             -> softmax -> exponential race
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from kaon.sample import ops
+from kaon.sample.grammar import apply_token_bitmask
 from kaon.sample.metadata import SamplingMetadata
 
 # What JSON can carry for log(0); vLLM reports -9999.0 as well.
@@ -51,6 +53,9 @@ class Sampler:
     """Batched, vectorised sampling; see the module docstring for the order of operations."""
 
     def __call__(self, logits: torch.Tensor, metadata: SamplingMetadata) -> SamplerOutput:
+        if metadata.grammar_bitmask is not None:
+            assert metadata.grammar_rows is not None
+            logits = apply_token_bitmask(logits, metadata.grammar_rows, metadata.grammar_bitmask)
         if metadata.all_greedy and _no_processing(metadata):
             # Fast path: argmax ignores -inf and returns a valid id even for a NaN row.
             return SamplerOutput(ops.greedy_ids(logits))

@@ -16,6 +16,7 @@ from kaon.models.llama import LlamaForCausalLM
 from kaon.outputs import Logprob, ModelRunnerOutput, PositionLogprobs, SchedulerOutput
 from kaon.sample.sampler import Sampler, SamplerOutput, compute_prompt_logprobs
 from kaon.sampling_params import SamplingParams
+from kaon.worker.grammar_inputs import add_grammar_bitmask
 from kaon.worker.input_batch import InputBatch
 from kaon.worker.sampling_inputs import build_sampling_metadata
 
@@ -70,11 +71,13 @@ class ModelRunner:
             return output
         states = [self.requests[batch.requests[i].request_id] for i in batch.sampled_req_indices]
         metadata = build_sampling_metadata(states, self.vocab_size, self.device)
+        request_ids = [state.request_id for state in states]
+        add_grammar_bitmask(metadata, scheduler_output, request_ids, self.device)
         sampler_output = self.sampler(logits, metadata)
         sampled = sampler_output.sampled_token_ids.tolist()  # the one host sync of the step
         for state, token_id in zip(states, sampled, strict=True):
             state.output_token_ids.append(token_id)
-        output.req_ids = [state.request_id for state in states]
+        output.req_ids = request_ids
         output.sampled_token_ids = sampled
         if sampler_output.logprobs is not None:
             self._sample_logprobs(states, sampler_output, output)

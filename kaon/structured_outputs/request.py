@@ -1,0 +1,72 @@
+"""StructuredOutputRequest: one request's grammar matcher (llguidance ``LLMatcher``).
+
+The scheduler drives it through the protocol in ``kaon/request.py``: ``is_ready`` while the
+grammar compiles, ``accept_token`` for every sampled token, ``rollback`` for tokens taken back.
+Preemption with recompute keeps a request's generated tokens, so the matcher keeps its state.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future
+
+import llguidance
+
+logger = logging.getLogger("kaon")
+
+
+class StructuredOutputRequest:
+    """The matcher of one request, created from a compiled template once the compile is done.
+
+    The template (cached and shared between requests with the same constraint) is never
+    advanced; each request advances its own ``deep_copy``.
+    """
+
+    def __init__(self, request_id: str, template: Future[llguidance.LLMatcher]) -> None:
+        self.request_id = request_id
+        self._template = template
+        self._matcher: llguidance.LLMatcher | None = None
+        self.num_accepted_tokens = 0
+
+    def is_ready(self) -> bool:
+        """True once the grammar is compiled (the request may then be scheduled)."""
+        return self._template.done()
+
+    @property
+    def matcher(self) -> llguidance.LLMatcher:
+        """The request's matcher. Only call once ``is_ready()``."""
+        if self._matcher is None:
+            assert self._template.done(), "grammar still compiling"
+            self._matcher = self._template.result().deep_copy()
+        return self._matcher
+
+    def accept_token(self, token_id: int) -> bool:
+        """Advance the matcher by one sampled token. Returns True when generation must end:
+        the grammar is complete and allows nothing more, or the token was rejected (which the
+        mask prevents; logged, the request then ends rather than emitting unchecked text)."""
+        matcher = self.matcher
+        if not matcher.consume_token(token_id):
+            logger.warning(
+                "request %s: token %d rejected by its grammar (%s)",
+                self.request_id, token_id, matcher.get_error(),
+            )  # fmt: skip
+            return True
+        self.num_accepted_tokens += 1
+        return matcher.is_stopped()
+
+    def rollback(self, num_tokens: int) -> None:
+        """Take back the last ``num_tokens`` accepted tokens (e.g. rejected draft tokens)."""
+        if num_tokens <= 0:
+            return
+        assert num_tokens <= self.num_accepted_tokens, "rollback past the first token"
+        self.matcher.rollback(num_tokens)
+        self.num_accepted_tokens -= num_tokens
+
+    def reset(self) -> None:
+        """Back to the start of the grammar (all accepted tokens dropped)."""
+        self.matcher.reset()
+        self.num_accepted_tokens = 0
+
+    def is_terminated(self) -> bool:
+        """True when the grammar allows no further token (complete, or in an error state)."""
+        return self.matcher.is_stopped()
