@@ -116,6 +116,7 @@ def test_named_tool_choice_allows_only_that_function(byte_tokenizer) -> None:
     grammar = tool_call_grammar(TOOLS, named, parallel_tool_calls=True)
     assert accepts(byte_tokenizer, grammar, GOOD_CALLS[2])
     assert not accepts(byte_tokenizer, grammar, GOOD_CALLS[0])
+    assert not accepts(byte_tokenizer, grammar, GOOD_CALLS[2] + "\n" + GOOD_CALLS[2])  # once
     assert "get_weather" not in grammar
 
 

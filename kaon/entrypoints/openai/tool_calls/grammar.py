@@ -4,7 +4,7 @@ The grammar follows the Hermes format of ``hermes.py``. Each function becomes on
 whose name is a literal and whose arguments are the function's own ``parameters`` schema
 (embedded with ``%json``, so its ``$ref``/``$defs`` keep their root)::
 
-    start: call ("\\n" call)*                     # just ``call`` without parallel_tool_calls
+    start: call ("\\n" call)*   # just ``call`` without parallel_tool_calls or when named
     call: "<tool_call>" "\\n" function "\\n" "</tool_call>"
     function: function_0 | function_1 | ...        # only the named one for a named tool_choice
     function_0: "{\\"name\\": \\"get_weather\\", \\"arguments\\": " arguments_0 "}"
@@ -47,7 +47,8 @@ def tool_call_grammar(
     """The Lark grammar for ``tool_choice`` over ``tools`` (OpenAI shapes, already validated).
 
     Returns None for ``"none"`` (nothing to enforce). A named ``tool_choice`` keeps only that
-    function. ``parallel_tool_calls`` allows one or more calls instead of exactly one.
+    function, called once. ``parallel_tool_calls`` allows one or more calls instead of exactly
+    one.
 
     Raises:
         ValueError: naming ``tools[i].function.parameters`` when llguidance cannot compile that
@@ -72,7 +73,10 @@ def tool_call_grammar(
         rules.append(f"arguments_{i}: %json {json.dumps(schema, ensure_ascii=False)}")
         alternatives.append(f"function_{i}")
     start, end, separator = (_literal(s) for s in (TOOL_CALL_START, TOOL_CALL_END, CALL_SEPARATOR))
-    more = f" ({separator} call)*" if parallel_tool_calls else ""
+    # A named function is called exactly once (as vLLM and OpenAI do), whatever
+    # parallel_tool_calls says.
+    parallel = parallel_tool_calls and not isinstance(tool_choice, dict)
+    more = f" ({separator} call)*" if parallel else ""
     if tool_choice == "auto":
         lines = [f'start: TEXT | head "\\n" function "\\n" {end}{more}',
                  f"head[lazy]: TEXT {start}", r"TEXT: /(.|\n)*/"]  # fmt: skip

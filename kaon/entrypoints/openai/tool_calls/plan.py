@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ from kaon.entrypoints.openai.tool_calls.parser import (
     ToolCallStreamParser,
     parse_tool_calls,
 )
-from kaon.sampling_params import SamplingParams
+from kaon.sampling_params import SamplingParams, StructuredOutputsParams
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,13 @@ class ToolCallPlan:
         Raises:
             ValueError: naming ``tools[i].function.parameters`` for a schema that does not compile.
         """
-        self.grammar()  # TODO: attach as structured outputs once the engine supports them
-        return params
+        if params.structured_outputs is not None:
+            raise ValueError(
+                "tools: cannot be combined with another output constraint "
+                "(response_format or structured_outputs) in one request"
+            )
+        grammar = StructuredOutputsParams(grammar=self.grammar())
+        return dataclasses.replace(params, structured_outputs=grammar)
 
     def parse(self, text: str) -> ParsedOutput:
         return parse_tool_calls(text, self.tool_names)
