@@ -58,7 +58,7 @@ TOOLS = [
     for name, schema in SCHEMAS.items()
 ]  # fmt: skip
 MESSAGES = [{"role": "user", "content": "What is the weather in Paris, in celsius?"}]
-MAX_TOKENS = 120
+MAX_TOKENS = 100
 
 
 def check_calls(message, names: set[str], max_calls: int | None = None) -> list[tuple]:
@@ -88,16 +88,35 @@ def streamed_choices(client: openai.OpenAI, **options) -> list:
     state = ChatCompletionStreamState()
     for chunk in create(client, stream=True, **options):
         state.handle_chunk(chunk)
-    return state.get_final_completion().choices
+    return state.current_completion_snapshot.choices
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_required_always_yields_one_valid_call(client: openai.OpenAI, temperature: float) -> None:
-    options = {"tool_choice": "required", "parallel_tool_calls": False, "temperature": temperature}
-    for choice in create(client, n=2, seed=1, **options).choices:
-        assert choice.finish_reason == "tool_calls" and choice.message.content is None
+ONE_CALL = {"tool_choice": "required", "parallel_tool_calls": False}
+
+
+def test_required_greedy_streamed_and_not(client: openai.OpenAI) -> None:
+    full = create(client, temperature=0, **ONE_CALL).choices[0]
+    assert full.finish_reason == "tool_calls" and full.message.content is None
+    calls = check_calls(full.message, set(SCHEMAS), max_calls=1)
+    chunks = list(create(client, temperature=0, stream=True, **ONE_CALL))
+    state = ChatCompletionStreamState()
+    for chunk in chunks:
+        state.handle_chunk(chunk)
+    streamed = state.current_completion_snapshot.choices[0]
+    assert check_calls(streamed.message, set(SCHEMAS)) == calls
+    assert streamed.finish_reason == "tool_calls" and not streamed.message.content
+    # OpenAI's delta shape: index, id, type, name and the arguments in one delta
+    deltas = [c.choices[0].delta.tool_calls[0] for c in chunks if c.choices[0].delta.tool_calls]
+    assert len(deltas) == 1 and deltas[0].index == 0 and deltas[0].type == "function"
+    assert deltas[0].id.startswith("call_") and deltas[0].function.name == calls[0][0]
+    assert json.loads(deltas[0].function.arguments) == calls[0][1]
+
+
+def test_required_sampled_always_yields_one_valid_call(client: openai.OpenAI) -> None:
+    for choice in streamed_choices(client, temperature=1.0, n=2, seed=1, **ONE_CALL):
+        assert choice.finish_reason == "tool_calls" and not choice.message.content
         assert len(check_calls(choice.message, set(SCHEMAS), max_calls=1)) == 1
-    for choice in streamed_choices(client, n=2, seed=2, **options):
+    for choice in create(client, temperature=1.0, n=2, seed=2, **ONE_CALL).choices:
         assert choice.finish_reason == "tool_calls" and choice.message.content is None
         assert len(check_calls(choice.message, set(SCHEMAS), max_calls=1)) == 1
 
@@ -105,46 +124,22 @@ def test_required_always_yields_one_valid_call(client: openai.OpenAI, temperatur
 def test_required_with_parallel_calls_yields_valid_calls(client: openai.OpenAI) -> None:
     """Several calls may follow each other; a small model may keep calling until max_tokens,
     then the complete calls are still returned (finish_reason "length")."""
-    result = create(client, tool_choice="required", temperature=1.0, n=2, seed=3)
-    for choice in result.choices:
-        check_calls(choice.message, set(SCHEMAS))
-        assert choice.finish_reason in ("tool_calls", "length")
-        assert choice.finish_reason == "length" or choice.message.content is None
+    choice = create(client, tool_choice="required", temperature=1.0, seed=3).choices[0]
+    check_calls(choice.message, set(SCHEMAS))
+    assert choice.finish_reason in ("tool_calls", "length")
+    assert choice.finish_reason == "length" or choice.message.content is None
 
 
-def test_streamed_greedy_calls_equal_non_streamed(client: openai.OpenAI) -> None:
-    options = {"tool_choice": "required", "parallel_tool_calls": False, "temperature": 0}
-    full = create(client, **options).choices[0]
-    streamed = streamed_choices(client, **options)[0]
-    assert check_calls(streamed.message, set(SCHEMAS)) == check_calls(full.message, set(SCHEMAS))
-    assert streamed.finish_reason == full.finish_reason == "tool_calls"
-
-
-def test_stream_sends_openai_tool_call_deltas(client: openai.OpenAI) -> None:
-    options = {"tool_choice": "required", "parallel_tool_calls": False, "temperature": 0}
-    chunks = list(create(client, stream=True, **options))
-    deltas = [c.choices[0].delta for c in chunks if c.choices]
-    call_deltas = [d.tool_calls[0] for d in deltas if d.tool_calls]
-    assert call_deltas and call_deltas[0].index == 0 and call_deltas[0].type == "function"
-    assert call_deltas[0].id.startswith("call_") and call_deltas[0].function.name in SCHEMAS
-    json.loads(call_deltas[0].function.arguments)
-    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
-
-
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_named_function_is_the_one_called(client: openai.OpenAI, temperature: float) -> None:
+def test_named_function_is_the_one_called(client: openai.OpenAI) -> None:
     named = {"type": "function", "function": {"name": "place_order"}}
-    result = create(client, tool_choice=named, temperature=temperature, n=2, seed=4)
-    for choice in result.choices:
+    for choice in create(client, tool_choice=named, temperature=1.0, n=2, seed=4).choices:
         assert choice.finish_reason == "tool_calls"
         assert [name for name, _ in check_calls(choice.message, {"place_order"})] == ["place_order"]
 
 
 def test_two_step_round_trip(client: openai.OpenAI) -> None:
     weather = [TOOLS[0]]
-    first = create(
-        client, tools=weather, tool_choice="required", parallel_tool_calls=False, temperature=0
-    ).choices[0]
+    first = create(client, tools=weather, temperature=0, **ONE_CALL).choices[0]
     [(name, arguments)] = check_calls(first.message, {"get_weather"})
     messages = [
         *MESSAGES,
@@ -152,22 +147,21 @@ def test_two_step_round_trip(client: openai.OpenAI) -> None:
         {"role": "tool", "tool_call_id": first.message.tool_calls[0].id,
          "content": json.dumps({"city": arguments["city"], "temperature": 18, "sky": "sunny"})},
     ]  # fmt: skip
-    final = create(client, messages=messages, tools=weather, tool_choice="none", temperature=0)
+    final = create(
+        client, messages=messages, tools=weather, tool_choice="none", temperature=0, max_tokens=40
+    )
     answer = final.choices[0]
-    assert answer.finish_reason in ("stop", "length") and answer.message.tool_calls is None
-    assert answer.message.content and "<tool_call>" not in answer.message.content
-    # the same conversation with tool_choice auto is accepted and answered too
-    auto = create(client, messages=messages, tools=weather, temperature=0).choices[0]
-    assert auto.message.content or auto.message.tool_calls
+    assert answer.message.tool_calls is None and answer.message.content
+    assert "<tool_call>" not in answer.message.content
 
 
 def test_auto_streamed_equals_non_streamed(client: openai.OpenAI) -> None:
-    full = create(client, tool_choice="auto", temperature=0, max_tokens=40).choices[0]
-    streamed = streamed_choices(client, tool_choice="auto", temperature=0, max_tokens=40)[0]
+    full = create(client, tool_choice="auto", temperature=0, max_tokens=24).choices[0]
+    streamed = streamed_choices(client, tool_choice="auto", temperature=0, max_tokens=24)[0]
     assert streamed.message.content == full.message.content
     assert streamed.finish_reason == full.finish_reason
-    assert [c.function for c in streamed.message.tool_calls or []] == [
-        c.function for c in full.message.tool_calls or []
+    assert [c.function.arguments for c in streamed.message.tool_calls or []] == [
+        c.function.arguments for c in full.message.tool_calls or []
     ]
 
 
