@@ -1,4 +1,4 @@
-"""Wires ``kaon bench throughput | latency | serve`` into the ``kaon`` command.
+"""Wires ``kaon bench throughput | latency | serve | structured`` into the ``kaon`` command.
 
 Engine flags come from ``add_cli_args``; ``--seed`` is the engine's and also seeds the random
 prompts, so one flag makes the whole run reproducible.
@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from kaon.benchmarks.latency import add_latency_args, run_latency
 from kaon.benchmarks.serve import add_serve_args, run_serve
+from kaon.benchmarks.structured import add_structured_args, run_structured
 from kaon.benchmarks.throughput import add_throughput_args, run_throughput
 
 
@@ -29,7 +30,7 @@ def _add_output_args(parser: argparse.ArgumentParser) -> None:
 def add_bench_commands(
     bench: argparse.ArgumentParser, add_cli_args: Callable[[argparse.ArgumentParser], None]
 ) -> None:
-    """Add the ``throughput``, ``latency`` and ``serve`` subcommands to the ``bench`` parser."""
+    """Add the ``throughput``, ``latency``, ``serve`` and ``structured`` subcommands."""
     commands = bench.add_subparsers(dest="bench_command", required=True)
     throughput = commands.add_parser(
         "throughput", help="offline: many requests at once; requests/s and tokens/s"
@@ -52,3 +53,8 @@ def add_bench_commands(
         "--output-json", default=None, help="write the settings and all raw figures to this file"
     )
     serve.set_defaults(handler=run_serve)
+    structured = commands.add_parser(
+        "structured", help="grammar compile times of the structured-output test schemas"
+    )
+    add_structured_args(structured)
+    structured.set_defaults(handler=run_structured)

@@ -106,6 +106,13 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help='JSON object merged into every request body, e.g. \'{"logit_bias": {"2": -100}}\'',
     )
+    group.add_argument(
+        "--structured-output",
+        choices=("none", "json"),
+        default="none",
+        help="json: every request carries a JSON-schema constraint (structured_outputs.json, "
+        "a list of >= 64 objects, so it runs to max_tokens); compare TPOT with none",
+    )
     group.add_argument("--num-warmup", type=int, default=1, help="unmeasured requests first")
     group.add_argument("--seed", type=int, default=0, help="prompts and Poisson arrivals")
     group.add_argument("--timeout", type=float, default=600.0, help="per request, seconds")
@@ -130,6 +137,13 @@ def _validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--num-prompts: give 1 or {num_levels} numbers, one per level")
     if args.verify and args.temperature != 0.0:
         raise ValueError("--verify needs --temperature 0 (greedy)")
+    if args.verify and args.structured_output != "none":
+        raise ValueError("--verify compares unconstrained outputs; drop --structured-output")
+    if args.structured_output == "json":
+        from kaon.benchmarks.structured_schemas import BENCH_SCHEMA
+
+        constraint = {"structured_outputs": {"json": BENCH_SCHEMA}}
+        args.extra_body = {**(args.extra_body or {}), **constraint}
 
 
 def _levels(args: argparse.Namespace) -> tuple[str, list[tuple[float, int]]]:
@@ -289,6 +303,7 @@ _SETTINGS = (
     "temperature",
     "ignore_eos",
     "extra_body",
+    "structured_output",
     "num_warmup",
     "seed",
     "slo_ttft",

@@ -17,6 +17,10 @@ import llguidance
 from kaon.sampling_params import StructuredOutputsParams
 
 _MAX_CACHED = 512  # validated grammars kept (keyed by the constraint's text)
+# JSON is written on one line as json.dumps does ({"a": 1, "b": [2, 3]}). llguidance's default,
+# any whitespace between tokens, lets small models emit newlines until max_tokens. A schema can
+# override this with its own "x-guidance" options.
+_JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
 def grammar_from_params(params: StructuredOutputsParams) -> str:
@@ -58,7 +62,7 @@ def _json_grammar(schema_text: str) -> tuple[str, str]:
     if not isinstance(schema, dict | bool):
         return "", "a JSON schema must be an object or a boolean"
     try:
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema)
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=_JSON_LAYOUT)
     except ValueError as error:
         return "", f"invalid JSON schema: {error}"
     return _validate(grammar, "invalid JSON schema: ")

@@ -111,29 +111,35 @@ class StructuredOutputManager:
         this step (bit ``i`` of row ``r`` set = token ``i`` allowed) and map their ids to rows
         in ``structured_output_request_ids``. Leaves both empty when no row is constrained."""
         matchers: list[tuple[llguidance.LLMatcher, int]] = []
+        failed: list[int] = []  # rows whose grammar failed to compile: eos only
         rows: dict[str, int] = {}
         for scheduled in scheduler_output.scheduled_requests:
             request = requests.get(scheduled.request_id) if scheduled.sample else None
             structured = request.structured_output_request if request is not None else None
             if structured is None:
                 continue
-            rows[scheduled.request_id] = len(matchers)
-            matchers.append((structured.matcher, len(matchers)))  # type: ignore[attr-defined]
-        if not matchers:
+            row = len(rows)
+            rows[scheduled.request_id] = row
+            matcher = structured.matcher  # type: ignore[attr-defined]
+            if matcher is None:
+                failed.append(row)
+            else:
+                matchers.append((matcher, row))
+        if not rows:
             return
-        bitmask = llguidance.numpy.allocate_token_bitmask(len(matchers), self.vocab_size)
+        bitmask = llguidance.numpy.allocate_token_bitmask(len(rows), self.vocab_size)
         if len(matchers) == 1:
-            llguidance.numpy.fill_next_token_bitmask(matchers[0][0], bitmask, 0)
-        else:
+            llguidance.numpy.fill_next_token_bitmask(matchers[0][0], bitmask, matchers[0][1])
+        elif matchers:
             if self._mask_executor is None:
                 self._mask_executor = llguidance.LLExecutor(_MASK_THREADS)
             llguidance.numpy.fill_next_token_bitmask_par(self._mask_executor, matchers, bitmask)
-        for matcher, row in matchers:
-            if matcher.is_error():  # only eos left: end the request rather than go unchecked
-                words = bitmask.view(np.uint32)
-                words[row] = 0
-                for token_id in self._eos_token_ids:
-                    words[row, token_id // 32] |= np.uint32(1 << (token_id % 32))
+        failed += [row for matcher, row in matchers if matcher.is_error()]
+        for row in failed:  # only eos left: end the request rather than go unchecked
+            words = bitmask.view(np.uint32)
+            words[row] = 0
+            for token_id in self._eos_token_ids:
+                words[row, token_id // 32] |= np.uint32(1 << (token_id % 32))
         scheduler_output.grammar_bitmask = bitmask
         scheduler_output.structured_output_request_ids = rows
 

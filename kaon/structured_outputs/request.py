@@ -26,18 +26,32 @@ class StructuredOutputRequest:
         self.request_id = request_id
         self._template = template
         self._matcher: llguidance.LLMatcher | None = None
+        self._failed = False  # the compile raised
         self.num_accepted_tokens = 0
 
     def is_ready(self) -> bool:
         """True once the grammar is compiled (the request may then be scheduled)."""
         return self._template.done()
 
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the grammar is compiled (benchmarks and tests; the engine never waits).
+
+        Raises:
+            TimeoutError: after ``timeout`` seconds.
+        """
+        self._template.result(timeout)
+
     @property
-    def matcher(self) -> llguidance.LLMatcher:
-        """The request's matcher. Only call once ``is_ready()``."""
-        if self._matcher is None:
+    def matcher(self) -> llguidance.LLMatcher | None:
+        """The request's matcher, or None when the compile raised (the request then ends at its
+        next token). Only call once ``is_ready()``."""
+        if self._matcher is None and not self._failed:
             assert self._template.done(), "grammar still compiling"
-            self._matcher = self._template.result().deep_copy()
+            try:
+                self._matcher = self._template.result().deep_copy()
+            except Exception:  # never take the engine down for one request's grammar
+                logger.exception("request %s: grammar compile failed", self.request_id)
+                self._failed = True
         return self._matcher
 
     def accept_token(self, token_id: int) -> bool:
@@ -45,6 +59,8 @@ class StructuredOutputRequest:
         the grammar is complete and allows nothing more, or the token was rejected (which the
         mask prevents; logged, the request then ends rather than emitting unchecked text)."""
         matcher = self.matcher
+        if matcher is None:
+            return True
         if not matcher.consume_token(token_id):
             logger.warning(
                 "request %s: token %d rejected by its grammar (%s)",
@@ -56,17 +72,18 @@ class StructuredOutputRequest:
 
     def rollback(self, num_tokens: int) -> None:
         """Take back the last ``num_tokens`` accepted tokens (e.g. rejected draft tokens)."""
-        if num_tokens <= 0:
+        if num_tokens <= 0 or self.matcher is None:
             return
         assert num_tokens <= self.num_accepted_tokens, "rollback past the first token"
-        self.matcher.rollback(num_tokens)
+        self.matcher.rollback(num_tokens)  # type: ignore[union-attr]
         self.num_accepted_tokens -= num_tokens
 
     def reset(self) -> None:
         """Back to the start of the grammar (all accepted tokens dropped)."""
-        self.matcher.reset()
+        if self.matcher is not None:
+            self.matcher.reset()
         self.num_accepted_tokens = 0
 
     def is_terminated(self) -> bool:
         """True when the grammar allows no further token (complete, or in an error state)."""
-        return self.matcher.is_stopped()
+        return self.matcher is None or self.matcher.is_stopped()

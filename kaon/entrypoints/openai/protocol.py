@@ -14,7 +14,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, model_validator
 
-from kaon.sampling_params import SamplingParams
+from kaon.entrypoints.openai.structured_outputs import (
+    ResponseFormat,
+    StructuredOutputsRequest,
+    structured_outputs_params,
+)
+from kaon.sampling_params import SamplingParams, StructuredOutputsParams
 
 MAX_N = 128  # completions per prompt; bounds the work one request can ask for
 MAX_PROMPTS = 1024  # prompts in one completions request
@@ -86,6 +91,7 @@ class SamplingRequest(StrictModel):
     ignore_eos: bool = False
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    structured_outputs: StructuredOutputsRequest | None = None
 
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> SamplingRequest:
@@ -130,8 +136,17 @@ class SamplingRequest(StrictModel):
             skip_special_tokens=self.skip_special_tokens,
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
+            structured_outputs=self.structured_outputs_params(),
             output_kind_delta=True,
         )
+
+    def structured_outputs_params(self) -> StructuredOutputsParams | None:
+        """The output constraint (``response_format`` on chat, ``structured_outputs``), checked.
+
+        Raises:
+            ValueError: naming the field when the constraint is malformed or does not compile.
+        """
+        return structured_outputs_params(None, self.structured_outputs)
 
     @property
     def include_usage(self) -> bool:
@@ -245,6 +260,7 @@ class ChatCompletionRequest(SamplingRequest):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     add_generation_prompt: bool = True  # vLLM extension
+    response_format: ResponseFormat | None = None
     tools: list[ChatCompletionTool] | None = Field(None, min_length=1)
     tool_choice: Annotated[Any, PlainValidator(_validate_tool_choice)] = None  # default "auto"
     parallel_tool_calls: bool | None = None  # default true; ignored without tools
@@ -268,6 +284,9 @@ class ChatCompletionRequest(SamplingRequest):
         if both and self.max_tokens != self.max_completion_tokens:
             raise ValueError("max_completion_tokens: conflicts with max_tokens; send one")
         return self
+
+    def structured_outputs_params(self) -> StructuredOutputsParams | None:
+        return structured_outputs_params(self.response_format, self.structured_outputs)
 
     @property
     def requested_max_tokens(self) -> int | None:
