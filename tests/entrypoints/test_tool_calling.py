@@ -116,9 +116,6 @@ def test_required_sampled_always_yields_one_valid_call(client: openai.OpenAI) ->
     for choice in streamed_choices(client, temperature=1.0, n=2, seed=1, **ONE_CALL):
         assert choice.finish_reason == "tool_calls" and not choice.message.content
         assert len(check_calls(choice.message, set(SCHEMAS), max_calls=1)) == 1
-    for choice in create(client, temperature=1.0, n=2, seed=2, **ONE_CALL).choices:
-        assert choice.finish_reason == "tool_calls" and choice.message.content is None
-        assert len(check_calls(choice.message, set(SCHEMAS), max_calls=1)) == 1
 
 
 def test_required_with_parallel_calls_yields_valid_calls(client: openai.OpenAI) -> None:
@@ -132,9 +129,9 @@ def test_required_with_parallel_calls_yields_valid_calls(client: openai.OpenAI) 
 
 def test_named_function_is_the_one_called(client: openai.OpenAI) -> None:
     named = {"type": "function", "function": {"name": "place_order"}}
-    for choice in create(client, tool_choice=named, temperature=1.0, n=2, seed=4).choices:
-        assert choice.finish_reason == "tool_calls"
-        assert [name for name, _ in check_calls(choice.message, {"place_order"})] == ["place_order"]
+    choice = create(client, tool_choice=named, temperature=1.0, seed=4).choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    assert [name for name, _ in check_calls(choice.message, {"place_order"})] == ["place_order"]
 
 
 def test_two_step_round_trip(client: openai.OpenAI) -> None:
