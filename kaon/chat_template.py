@@ -14,6 +14,7 @@ from typing import Any
 
 import jinja2
 import jinja2.ext
+import jinja2.meta
 import jinja2.sandbox
 
 # Gemma's turn format, for Gemma GGUF files that carry no ``tokenizer.chat_template`` (the
@@ -118,3 +119,14 @@ def _compile_chat_template(template: str) -> jinja2.Template:
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     return env.from_string(template)
+
+
+@functools.lru_cache(maxsize=32)
+def template_variables(template: str) -> frozenset[str]:
+    """Names a template reads from its context (``messages``, ``tools``, ``bos_token`` ...);
+    empty for a template jinja2 cannot parse (rendering reports that error)."""
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(extensions=[jinja2.ext.loopcontrols])
+    try:
+        return frozenset(jinja2.meta.find_undeclared_variables(env.parse(template)))
+    except jinja2.TemplateError:
+        return frozenset()

@@ -196,10 +196,64 @@ def _validate_content(value: object) -> str | list[dict[str, str]] | None:
     return value
 
 
+class FunctionDefinition(StrictModel):
+    """A function the model may call: ``parameters`` is a JSON schema of its arguments object
+    (omitted = no arguments). ``strict`` is accepted; kaon always enforces the schema."""
+
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ChatCompletionTool(StrictModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+def _validate_tool_choice(value: object) -> str | dict[str, Any] | None:
+    """ "none" | "auto" | "required" | {"type": "function", "function": {"name": str}}."""
+    if value is None or value in ("none", "auto", "required"):
+        return value
+    function = value.get("function") if isinstance(value, dict) else None
+    named = isinstance(value, dict) and value.get("type") == "function" and len(value) == 2
+    name = function.get("name") if isinstance(function, dict) and len(function) == 1 else None
+    if named and isinstance(name, str) and name:
+        return value
+    raise ValueError(
+        'must be "none", "auto", "required" or {"type": "function", "function": {"name": ...}}'
+    )
+
+
+class FunctionCall(StrictModel):
+    name: str
+    arguments: str | dict[str, Any]  # a JSON object as a string (OpenAI); a dict is accepted
+
+
+class ToolCallItem(StrictModel):
+    """An assistant message's past call (OpenAI's ``tool_calls`` item)."""
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(StrictModel):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Annotated[Any, PlainValidator(_validate_content)] = None
     name: str | None = None
+    tool_calls: list[ToolCallItem] | None = None  # assistant messages only
+    tool_call_id: str | None = None  # tool messages: the call this result answers
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> ChatMessage:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("tool_calls: only assistant messages carry tool_calls")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("tool_call_id: required in a tool message")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise ValueError("tool_call_id: only tool messages carry tool_call_id")
+        return self
 
 
 class ChatCompletionRequest(SamplingRequest):
@@ -212,6 +266,20 @@ class ChatCompletionRequest(SamplingRequest):
     top_logprobs: int | None = Field(None, ge=0, le=20)
     add_generation_prompt: bool = True  # vLLM extension
     response_format: ResponseFormat | None = None
+    tools: list[ChatCompletionTool] | None = Field(None, min_length=1)
+    tool_choice: Annotated[Any, PlainValidator(_validate_tool_choice)] = None  # default "auto"
+    parallel_tool_calls: bool | None = None  # default true; ignored without tools
+
+    @model_validator(mode="after")
+    def _tool_choice(self) -> ChatCompletionRequest:
+        choice = self.tool_choice
+        if choice not in (None, "none") and self.tools is None:
+            raise ValueError("tool_choice: only allowed when tools are given")
+        if isinstance(choice, dict):
+            name = choice["function"]["name"]
+            if name not in {tool.function.name for tool in self.tools or []}:
+                raise ValueError(f"tool_choice: function {name!r} is not in tools")
+        return self
 
     @model_validator(mode="after")
     def _logprobs(self) -> ChatCompletionRequest:
@@ -240,6 +308,18 @@ class ChatCompletionRequest(SamplingRequest):
 
     def message_dicts(self) -> list[dict[str, Any]]:
         return message_dicts(self.messages)
+
+    @property
+    def tool_dicts(self) -> list[dict[str, Any]]:
+        """``tools`` as OpenAI tool dicts (unset fields left out); [] without tools."""
+        return [tool.model_dump(exclude_none=True) for tool in self.tools or []]
+
+    @property
+    def effective_tool_choice(self) -> str | dict[str, Any]:
+        """``tool_choice`` with OpenAI's defaults: "auto" with tools, "none" without."""
+        if self.tool_choice is not None:
+            return self.tool_choice
+        return "auto" if self.tools else "none"
 
 
 def message_dicts(messages: list[ChatMessage]) -> list[dict[str, Any]]:

@@ -5,7 +5,9 @@ Stream shape (per choice): a first chunk with ``delta: {"role": "assistant", "co
 content chunks, then one final chunk with an empty delta and the finish_reason; then the usage
 chunk (``stream_options.include_usage``) and ``data: [DONE]``. With vLLM's
 ``stream_options.continuous_usage_stats`` every chunk also carries ``usage``: the prompt and
-the tokens generated so far for that chunk's choice.
+the tokens generated so far for that chunk's choice. With tools, each finished call is one chunk
+``delta: {"tool_calls": [{"index", "id", "type", "function": {"name", "arguments"}}]}`` carrying
+the whole arguments string (tool_calls/, docs/tool_calling.md).
 """
 
 from __future__ import annotations
@@ -37,6 +39,13 @@ from kaon.entrypoints.openai.serving_common import (
     sse_error,
     usage,
 )
+from kaon.entrypoints.openai.tool_calls import (
+    ToolCallPlan,
+    ToolCallStreamParser,
+    render_inputs,
+    tool_finish_reason,
+)
+from kaon.outputs import CompletionOutput
 
 
 class OpenAIServingChat:
@@ -55,38 +64,47 @@ class OpenAIServingChat:
         """
         context = self.context
         context.check_model(request.model)
-        token_ids = await asyncio.to_thread(self.render, request)
+        plan = ToolCallPlan.create(
+            request.tool_dicts, request.effective_tool_choice, request.parallel_tool_calls
+        )
+        token_ids = await asyncio.to_thread(self.render, request, plan)
         max_tokens = request.requested_max_tokens
         try:
             context.max_tokens(max_tokens, len(token_ids), "messages")
             params = request.sampling_params(
                 max_tokens, request.num_logprobs, None, context.generation_defaults
             )
+            if plan is not None:
+                params = plan.constrain(params)
         except (OpenAIError, ValueError) as error:
             raise _name_max_tokens(request, error) from None
         request_id = response_id("chatcmpl-", raw_request)
         streams = await context.add_requests(request_id, [token_ids], params)
         if request.stream:
-            body = self._stream(request, request_id, len(token_ids), streams)
+            body = self._stream(request, plan, request_id, len(token_ids), streams)
             return SSEResponse(body, on_close=lambda: abort_all(streams))
         try:
             result = await cancel_on_disconnect(
-                raw_request, self._full(request, request_id, len(token_ids), streams)
+                raw_request, self._full(request, plan, request_id, len(token_ids), streams)
             )
         finally:
             abort_all(streams)
         return JSONResponse(result)
 
-    def render(self, request: ChatCompletionRequest) -> list[int]:
-        """Prompt token ids of the conversation, as ``LLM.chat`` builds them.
+    def render(self, request: ChatCompletionRequest, plan: ToolCallPlan | None = None) -> list[int]:
+        """Prompt token ids of the conversation, as ``LLM.chat`` builds them, with the tools of
+        ``plan`` shown to the model (tool_calls/rendering.py).
 
         Raises:
             OpenAIError: 400 naming messages[i] (from the tokenizer's template checks).
         """
         tokenizer = self.context.tokenizer
         try:
+            messages, variables = render_inputs(
+                request.message_dicts(), plan.tools if plan else None, tokenizer.chat_template or ""
+            )
             text = tokenizer.apply_chat_template(
-                request.message_dicts(), add_generation_prompt=request.add_generation_prompt
+                messages, add_generation_prompt=request.add_generation_prompt, **variables
             )
         except ValueError as error:
             raise bad_request(error) from None
@@ -96,6 +114,7 @@ class OpenAIServingChat:
     async def _full(
         self,
         request: ChatCompletionRequest,
+        plan: ToolCallPlan | None,
         request_id: str,
         num_prompt_tokens: int,
         streams: list[RequestStream],
@@ -110,11 +129,21 @@ class OpenAIServingChat:
             if request.logprobs:
                 num_top = request.top_logprobs or 0
                 logprobs = self.formatter.chat(state.token_ids, state.positions, num_top)
+            message: dict[str, Any] = {"role": "assistant", "content": state.text}
+            finish_reason = state.finish_reason
+            if plan is not None:
+                parsed = plan.parse(state.text)
+                message["content"] = parsed.content
+                if parsed.tool_calls:
+                    message["tool_calls"] = [call.to_openai() for call in parsed.tool_calls]
+                finish_reason = tool_finish_reason(
+                    finish_reason, len(parsed.tool_calls), parsed.truncated_call
+                )
             choices.append({
                 "index": index,
-                "message": {"role": "assistant", "content": state.text},
+                "message": message,
                 "logprobs": logprobs,
-                "finish_reason": state.finish_reason,
+                "finish_reason": finish_reason,
                 "stop_reason": state.stop_reason,
             })  # fmt: skip
         num_completion_tokens = sum(len(state.token_ids) for state in states)
@@ -131,6 +160,7 @@ class OpenAIServingChat:
     async def _stream(
         self,
         request: ChatCompletionRequest,
+        plan: ToolCallPlan | None,
         request_id: str,
         num_prompt_tokens: int,
         streams: list[RequestStream],
@@ -149,6 +179,7 @@ class OpenAIServingChat:
                 data["usage"] = None
             return sse(data)
 
+        parsers = [plan.stream_parser() for _ in range(request.n)] if plan else None
         try:
             for index in range(request.n):
                 yield chunk(index, {"role": "assistant", "content": ""}, None, None, None)
@@ -162,11 +193,17 @@ class OpenAIServingChat:
                             completion.logprobs or [],
                             request.top_logprobs or 0,
                         )
-                    if completion.text or logprobs is not None:
-                        delta = {"content": completion.text}
+                    text, calls, reason = completion.text, [], completion.finish_reason
+                    if parsers is not None:
+                        text, calls, reason = _parse_delta(parsers[completion.index], completion)
+                    if text or logprobs is not None:
+                        delta = {"content": text}
                         yield chunk(completion.index, delta, logprobs, None, None)
+                    for call in calls:
+                        delta = {"tool_calls": [call]}
+                        yield chunk(completion.index, delta, None, None, None)
                     if completion.finish_reason is not None:
-                        reason, stop = completion.finish_reason, completion.stop_reason
+                        stop = completion.stop_reason
                         yield chunk(completion.index, {}, None, reason, stop)
             if request.include_usage:
                 data = {"id": request_id, "object": "chat.completion.chunk", "created": created}
@@ -177,6 +214,23 @@ class OpenAIServingChat:
         finally:
             abort_all(streams)
         yield SSE_DONE
+
+
+def _parse_delta(
+    parser: ToolCallStreamParser, completion: CompletionOutput
+) -> tuple[str, list[dict[str, Any]], str | None]:
+    """Content to send, finished calls (streaming delta shape) and the finish_reason to report
+    for one delta of a choice whose text may hold tool calls."""
+    first_index = parser.num_calls
+    text, calls = parser.feed(completion.text)
+    if completion.finish_reason is not None:
+        rest, more = parser.finish()
+        text, calls = text + rest, calls + more
+    deltas = [call.to_openai(index=first_index + i) for i, call in enumerate(calls)]
+    reason = completion.finish_reason
+    if reason is not None:
+        reason = tool_finish_reason(reason, parser.num_calls, parser.truncated_call)
+    return text, deltas, reason
 
 
 def _name_max_tokens(request: ChatCompletionRequest, error: Exception) -> OpenAIError:
