@@ -136,11 +136,11 @@ def _check_arguments(args: argparse.Namespace) -> None:
         ValueError: naming the option (or the package and its install command).
         FileNotFoundError: naming the model path.
     """
-    if hasattr(args, "max_num_seqs"):  # the command takes engine options
+    if hasattr(args, "max_num_seqs"):  # the command loads an engine: --model is a path
         EngineConfig.from_options(**options_from_cli(args))
-    model = getattr(args, "model", None)
-    if model is not None and not os.path.exists(model):
-        raise FileNotFoundError(f"model path {model} does not exist")
+        model = getattr(args, "model", None)
+        if model is not None and not os.path.exists(model):
+            raise FileNotFoundError(f"model path {model} does not exist")
     check = getattr(args, "check_dependencies", None)
     if check is not None:
         check(args)
