@@ -15,7 +15,7 @@ from kaon.core.scheduler import Scheduler, SchedulerStats
 from kaon.device import resolve_device, resolve_dtype, resolve_kv_cache_dtype
 from kaon.engine.input_processor import InputProcessor, PromptType
 from kaon.engine.output_processor import OutputProcessor
-from kaon.executor.executor import create_executor
+from kaon.executor.factory import create_executor
 from kaon.logging_setup import ensure_visible_logging
 from kaon.outputs import RequestOutput
 from kaon.request import Request, RequestStatus

@@ -39,7 +39,7 @@ class LLM:
 
             EngineConfig.from_options(model=model, **engine_options)  # bad options fail here
             self.engine = None
-            self._data_parallel = DataParallelEngines(model, engine_options)
+            self._data_parallel = DataParallelEngines(LLM, model, engine_options)
             return
         self.engine = LLMEngine.from_options(model=model, **engine_options)
 

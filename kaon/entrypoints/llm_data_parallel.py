@@ -36,13 +36,14 @@ logger = logging.getLogger("kaon")
 _JOIN_TIMEOUT_S = 10.0  # seconds a replica gets to exit after "close" before it is terminated
 
 
-def _replica_main(conn: Connection, model: str | None, engine_options: dict[str, Any]) -> None:
-    """Body of one replica process: load an engine, then serve ``generate`` calls until "close"
-    or until the main process goes away (EOF on the pipe)."""
-    from kaon.entrypoints.llm import LLM
-
+def _replica_main(
+    conn: Connection, replica_class: type, model: str | None, engine_options: dict[str, Any]
+) -> None:
+    """Body of one replica process: load an engine (``replica_class(model, **engine_options)``,
+    the ``LLM`` class), then serve ``generate`` calls until "close" or until the main process
+    goes away (EOF on the pipe)."""
     try:
-        llm = LLM(model, **engine_options)
+        llm = replica_class(model, **engine_options)
         conn.send(("ready", (llm.tokenizer, llm.engine.generation_defaults)))
     except Exception as error:  # reported to the main process, which raises it
         conn.send(("error", error))
@@ -84,15 +85,18 @@ def _num_cores() -> int:
 class DataParallelEngines:
     """N engine replica processes behind ``LLM.generate``.
 
-    ``engine_options`` are the LLM's; ``data_parallel_size`` (N) is taken out of them and
-    ``num_threads`` is per replica (default: cores // N).
+    Each replica runs ``replica_class(model, **engine_options)`` (the ``LLM`` class, passed in
+    so that this module does not import the one that imports it); ``data_parallel_size`` (N) is
+    taken out of ``engine_options`` and ``num_threads`` is per replica (default: cores // N).
 
     Raises:
         ValueError: a replica's engine error (bad option), raised after stopping all replicas.
         RuntimeError: when a replica process dies.
     """
 
-    def __init__(self, model: str | None, engine_options: dict[str, Any]) -> None:
+    def __init__(
+        self, replica_class: type, model: str | None, engine_options: dict[str, Any]
+    ) -> None:
         options = dict(engine_options)
         self.data_parallel_size = int(options.pop("data_parallel_size"))
         if options.get("num_threads") is None:
@@ -105,7 +109,7 @@ class DataParallelEngines:
         for rank in range(self.data_parallel_size):
             parent_conn, child_conn = context.Pipe()
             process = context.Process(
-                target=_replica_main, args=(child_conn, model, options),
+                target=_replica_main, args=(child_conn, replica_class, model, options),
                 name=f"kaon-dp-replica-{rank}", daemon=True,
             )  # fmt: skip
             process.start()

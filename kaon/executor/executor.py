@@ -1,6 +1,7 @@
-"""Executor: where the model runs. ``create_executor`` picks one rank in the engine process
-(UniprocExecutor) or N tensor-parallel ranks (MultiprocExecutor, ``kaon.executor.multiproc``);
-both run the same Worker / ModelRunner / model code and answer with rank 0's ModelRunnerOutput.
+"""Executor: where the model runs. One rank in the engine process (UniprocExecutor, here) or N
+tensor-parallel ranks (MultiprocExecutor, ``kaon.executor.multiproc``); ``kaon.executor.factory``
+picks one. Both run the same Worker / ModelRunner / model code and answer with rank 0's
+ModelRunnerOutput.
 """
 
 from __future__ import annotations
@@ -69,12 +70,3 @@ class UniprocExecutor(DriverExecutor):
 
     def shutdown(self) -> None:
         """Nothing to stop: the model lives in this process."""
-
-
-def create_executor(config: EngineConfig) -> Executor:
-    """UniprocExecutor for ``tensor_parallel_size`` 1, else MultiprocExecutor."""
-    if config.parallel_config.tensor_parallel_size == 1:
-        return UniprocExecutor(config)
-    from kaon.executor.multiproc import MultiprocExecutor
-
-    return MultiprocExecutor(config)

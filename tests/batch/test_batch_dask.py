@@ -16,8 +16,8 @@ from kaon.batch.cluster import dask_client
 from kaon.sampling_params import SamplingParams
 from tests.conftest import ENGINE_TEST_OPTIONS
 
-NUM_PROMPTS = 200
-PARTITION_SIZE = 25  # 8 partitions
+NUM_PROMPTS = 96
+PARTITION_SIZE = 12  # 8 partitions
 WORKER_OPTIONS = {**ENGINE_TEST_OPTIONS, "num_threads": 1}  # 2 workers x 1 thread on 2 cores
 DEFAULTS = SamplingParams(temperature=0.0, max_tokens=8)
 
