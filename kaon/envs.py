@@ -44,7 +44,8 @@ def disable_cpp_attention() -> bool:
 
 
 def disable_cpp_ops() -> bool:
-    """KAON_DISABLE_CPP_OPS=1 keeps RMSNorm, RoPE + KV write and SwiGLU on the torch path."""
+    """KAON_DISABLE_CPP_OPS=1 keeps RMSNorm, RoPE + KV write, SwiGLU and the float32 linear
+    layers (``kaon.kernels.cpu_gemm``) on the torch path."""
     return os.environ.get("KAON_DISABLE_CPP_OPS", "0").strip().lower() in ("1", "true", "yes")
 
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from kaon.distributed.communication import TensorParallelGroup
+from kaon.kernels import cpu_gemm
+from kaon.layers.packed_linear import PackedLinearWeight
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +39,14 @@ def embed(
     return group.all_reduce(hidden)
 
 
-def pack_lm_head(weight: torch.Tensor) -> torch.Tensor | None:
-    """A oneDNN-packed copy of a float32 CPU LM head weight [rows, hidden], or None when it does
-    not apply (another device or dtype, a quantized head, no oneDNN, or packing failed).
+def pack_lm_head(weight: torch.Tensor) -> torch.Tensor | PackedLinearWeight | None:
+    """A packed copy of a float32 CPU LM head weight [rows, hidden], or None when it does not
+    apply (another device or dtype, a quantized head, no oneDNN, or packing failed).
+
+    kaon's AVX2 GEMM (``kaon.kernels.cpu_gemm``, a ``PackedLinearWeight``) when the engine
+    loaded it: on the AMD EPYC (Zen 3) machines oneDNN's packed product read this head at less
+    than half the rate of kaon's kernel at batch 1 (issue 12, BENCHMARKS.md); both are
+    batch-invariant. Otherwise oneDNN's packed weight, as follows.
 
     Why: MKL's GEMM through ``F.linear`` on the [49152, 576] LM head of SmolLM2 ran at a third of
     the rate of the layers' GEMMs here (batch 8: 20.8 ms against 7.2 ms packed; batch 64: 26.2
@@ -57,6 +64,9 @@ def pack_lm_head(weight: torch.Tensor) -> torch.Tensor | None:
         or not torch.backends.mkldnn.is_available()
     ):
         return None
+    ops = cpu_gemm.loaded_ops()
+    if ops is not None:
+        return PackedLinearWeight(weight.detach().t(), ops)
     try:
         return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous())
     except (RuntimeError, AttributeError) as error:  # op missing or unsupported here
@@ -69,7 +79,7 @@ def lm_head_logits(
     weight: torch.Tensor,
     vocab_size: int,
     group: TensorParallelGroup | None,
-    packed: torch.Tensor | None = None,
+    packed: torch.Tensor | PackedLinearWeight | None = None,
 ) -> torch.Tensor | None:
     """hidden [rows, hidden], weight [shard_rows, hidden] -> logits [rows, vocab_size] float32.
 
@@ -80,7 +90,9 @@ def lm_head_logits(
     ``vocab_size`` dropped); the other ranks get ``None``: they do not sample.
     """
     quantized = not isinstance(weight, torch.Tensor)  # kaon.layers.quantization's own kernel
-    if packed is not None:
+    if isinstance(packed, PackedLinearWeight):
+        logits = packed.linear(hidden)
+    elif packed is not None:
         logits = torch.ops.mkldnn._linear_pointwise(
             hidden.contiguous(), packed, None, "none", [None], ""
         )

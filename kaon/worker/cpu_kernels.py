@@ -11,18 +11,22 @@ import logging
 import time
 
 import torch
+from torch import nn
 
 from kaon.attention import cpu_decode
-from kaon.kernels import cpp_build, cpu_fused
+from kaon.kernels import cpp_build, cpu_fused, cpu_gemm
+from kaon.layers.packed_linear import pack_linear_weights
 
 logger = logging.getLogger(__name__)
 
 
 def load_cpu_kernels(device: torch.device, dtype: torch.dtype) -> dict[str, bool]:
-    """Build (once per install) or import the fused ops and the decode attention kernel.
+    """Build (once per install) or import the fused ops, the decode attention kernel and the
+    small-batch GEMM.
 
     Only for float32 on CPU, the only case they serve. Returns which kernels are in use, e.g.
-    ``{"fused_ops": True, "decode_attention": True}`` (empty when they do not apply).
+    ``{"fused_ops": True, "decode_attention": True, "gemm": True}`` (empty when they do not
+    apply).
     """
     if device.type != "cpu" or dtype != torch.float32:
         return {}
@@ -31,8 +35,20 @@ def load_cpu_kernels(device: torch.device, dtype: torch.dtype) -> dict[str, bool
     in_use = {
         "fused_ops": cpu_fused.load_ops() is not None,
         "decode_attention": cpu_decode.load_kernel() is not None,
+        "gemm": cpu_gemm.load_ops() is not None,
     }
     verb = "built" if cpp_build.num_builds > builds_before else "loaded"
     names = ", ".join(name for name, used in in_use.items() if used) or "none (torch fallback)"
     logger.info("C++ CPU kernels %s in %.1f s: %s", verb, time.perf_counter() - start, names)
     return in_use
+
+
+def pack_linear_weights_for_cpu(model: nn.Module) -> int:
+    """After loading: put the float32 linear weights into the GEMM kernel's panel layout (when
+    ``load_cpu_kernels`` loaded it; the plain weights stay otherwise). Returns how many."""
+    start = time.perf_counter()
+    count = pack_linear_weights(model, cpu_gemm.loaded_ops())
+    if count:
+        logger.info("packed %d float32 linear weights for the AVX2 GEMM in %.2f s", count,
+                    time.perf_counter() - start)  # fmt: skip
+    return count

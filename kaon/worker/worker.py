@@ -19,7 +19,7 @@ from kaon.distributed.communication import TensorParallelGroup
 from kaon.layers.quantization import weight_bytes
 from kaon.models.loader import load_model
 from kaon.outputs import ScheduledRequest, SchedulerOutput
-from kaon.worker.cpu_kernels import load_cpu_kernels
+from kaon.worker.cpu_kernels import load_cpu_kernels, pack_linear_weights_for_cpu
 from kaon.worker.input_batch import InputBatch
 from kaon.worker.kv_cache import allocate_kv_cache, num_blocks_for_budget
 from kaon.worker.model_runner import ModelRunner
@@ -58,6 +58,7 @@ class Worker:
             quantization=model_config.quantization,
             group_size=model_config.quantization_group_size,
         )  # fmt: skip
+        pack_linear_weights_for_cpu(self.loaded.model)
         rank = 0 if tp_group is None else tp_group.rank
         quantization = describe_quantization(
             model_config.quantization, model_config.quantization_group_size, self.dtype
