@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--no-verbose", action="store_true", help="skip the *_VERBOSE children")
+    parser.add_argument("--cases", default="up,head,step", help="subset of up,head,step")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -180,6 +181,8 @@ def main(argv: list[str] | None = None) -> dict:
         + " | sum over weights ms | best GB/s |"
     )
     print("|---|---|" + "---|" * (len(paths) + 2))
+    wanted = args.cases.split(",")
+    cases = [case for key, case in zip(("up", "head", "step"), cases, strict=True) if key in wanted]
     for label, shapes, repeats in cases:
         results["rows"] += _case(label, shapes, repeats, paths)
     if args.json:
