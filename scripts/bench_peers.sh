@@ -136,6 +136,10 @@ if [ $SETUP = 1 ]; then
 fi
 
 # --- one server: launch, time to /health, poll RSS of its process tree, the two loads -----------
+SERVER_PGID=""
+stop_server() { [ -n "$SERVER_PGID" ] && kill -- -"$SERVER_PGID" 2>/dev/null; SERVER_PGID=""; }
+trap 'stop_server; exit 143' TERM INT  # e.g. a time limit: never leave a server behind
+trap stop_server EXIT
 serve_one() {  # NAME PORT "BENCH_FLAGS" -- SERVER COMMAND...
   local name=$1 port=$2 flags=$3; shift 4
   if [ $DRY = 1 ]; then
@@ -148,13 +152,14 @@ serve_one() {  # NAME PORT "BENCH_FLAGS" -- SERVER COMMAND...
   local started; started=$($PY -c "import time; print(time.time())")
   setsid "$@" > "$OUT/$name-server.log" 2>&1 &
   local pid=$!
+  SERVER_PGID=$pid
   $PY "$HERE/peer_probe.py" rss-tree "$pid" "$OUT/$name-meta.json" &
   local poller=$!
   if ! $PY "$HERE/peer_probe.py" wait-health "http://127.0.0.1:$port/health" "$pid" "$OUT/$name-meta.json" \
       --timeout 900 --started "$started"; then
     say "$name did not answer /health (see $OUT/$name-server.log)"
     meta "$name" note "did not start here (see $name-server.log)"
-    kill -- -"$pid" 2>/dev/null; wait "$pid" 2>/dev/null; wait "$poller"; return 1
+    stop_server; wait "$pid" 2>/dev/null; wait "$poller"; return 1
   fi
   say "$name up (pid $pid)"
   # shellcheck disable=SC2086  # flags is a list of words
@@ -163,7 +168,7 @@ serve_one() {  # NAME PORT "BENCH_FLAGS" -- SERVER COMMAND...
   # shellcheck disable=SC2086
   kaon bench serve --base-url "http://127.0.0.1:$port" "${PREFILL[@]}" $flags --plot /dev/null \
     --output-json "$OUT/$name-prefill.json" 2>> "$OUT/$name-bench.err" | tail -n 3
-  kill -- -"$pid" 2>/dev/null; wait "$pid" 2>/dev/null; wait "$poller"
+  stop_server; wait "$pid" 2>/dev/null; wait "$poller"
 }
 skip() { say "SKIP $1: $2"; meta "$1" note "skipped: $2"; }
 run() { if [ $DRY = 1 ]; then say "$*" >&3; else "$@"; fi; }  # fd 3: the terminal
