@@ -27,7 +27,10 @@
 # Environment: PEERS_CACHE (default ~/.cache/kaon-peers; outside the repository: llama.cpp
 #   source + build, vllm-venv, converted models), LLAMA_DIR, VLLM_VENV, KAON_F32_FLAGS,
 #   KAON_QUANT_FLAGS, KAON_SERVE_FLAGS (default --kv-cache-memory 400M --max-num-seqs 32),
-#   LLAMA_SERVER_FLAGS (default -t 2 -tb 2 -np 32 -c 32768 -cb), VLLM_SERVE_FLAGS, PYTHON.
+#   LLAMA_SERVER_FLAGS (default -t THREADS -tb THREADS -np 32 -c 32768 -cb), VLLM_SERVE_FLAGS,
+#   PYTHON; THREADS (default: the number of cores; every engine gets it: kaon --num-threads,
+#   llama.cpp -t/-tb, vLLM OMP_NUM_THREADS); a lighter load for a busy machine: NUM_PROMPTS
+#   (default 4,16,64), OUTPUT_LEN (128), OFFLINE_PROMPTS (64), LATENCY_ITERS (3).
 # A peer that cannot be built, installed or started here is skipped with a note in the table.
 # Writes OUT_DIR/NAME*.json (all figures), NAME-*.log, and OUT_DIR/table.md (scripts/serve_table.py
 # --summary), which it also prints. Run it on a quiet machine: compare ratios within one run.
@@ -62,6 +65,7 @@ GGUF=$($PY -c "from kaon.models.loader.default_model import default_model_path a
   echo "cannot find kaon's default model (activate kaon's venv)" >&2; exit 2; }
 F32_GGUF=$CACHE/models/$(basename "${GGUF%.gguf}")-F32.gguf
 HF_DIR=$CACHE/models/$(basename "${GGUF%.gguf}")-hf-float32
+THREADS=${THREADS:-$(nproc)}
 KAON_F32_FLAGS=${KAON_F32_FLAGS-}
 if [ -z "${KAON_QUANT_FLAGS+x}" ]; then  # auto once kaon maps any GGUF quantization itself
   if $PY -m kaon serve --help 2>/dev/null | grep -A4 -- '--quantization ' | grep -qw auto; then
@@ -71,12 +75,15 @@ if [ -z "${KAON_QUANT_FLAGS+x}" ]; then  # auto once kaon maps any GGUF quantiza
   fi
 fi
 KAON_SERVE_FLAGS=${KAON_SERVE_FLAGS:---kv-cache-memory 400M --max-num-seqs 32 --no-access-log}
-LLAMA_SERVER_FLAGS=${LLAMA_SERVER_FLAGS:--t 2 -tb 2 -np 32 -c 32768 -cb}
+LLAMA_SERVER_FLAGS=${LLAMA_SERVER_FLAGS:--t $THREADS -tb $THREADS -np 32 -c 32768 -cb}
 VLLM_SERVE_FLAGS=${VLLM_SERVE_FLAGS:---dtype float32 --max-model-len 2048 --max-num-seqs 32}
-LOAD=(--concurrency 1,8,32 --num-prompts 4,16,64 --input-len 32 --output-len 128 --tokenizer "$GGUF")
+OUTPUT_LEN=${OUTPUT_LEN:-128}
+LOAD=(--concurrency 1,8,32 --num-prompts "${NUM_PROMPTS:-4,16,64}" --input-len 32 --output-len "$OUTPUT_LEN"
+      --tokenizer "$GGUF")
 PREFILL=(--concurrency 1 --num-prompts 3 --input-len 512 --output-len 1 --tokenizer "$GGUF")
 mkdir -p "$OUT"
 echo "$ALL_ENGINES" > "$OUT/engines.txt"
+echo "threads $THREADS; serve load: ${LOAD[*]:0:8}; offline: ${OFFLINE_PROMPTS:-64} x $OUTPUT_LEN" > "$OUT/settings.txt"
 say() { echo "[bench_peers $(date -u +%T)] $*"; }
 meta() { [ $DRY = 1 ] || $PY "$HERE/peer_probe.py" set "$OUT/$1-meta.json" "${@:2}"; }  # NAME KEY VALUE...
 
@@ -188,11 +195,13 @@ for engine in $ENGINES; do
     else flags=$KAON_QUANT_FLAGS; label="kaon ${KAON_QUANT_FLAGS#--quantization } (GGUF's own blocks)"; port=18912; fi
     meta $engine label "$label" flags "$flags"
     # shellcheck disable=SC2086
-    serve_one $engine $port "" -- kaon serve --port $port $KAON_SERVE_FLAGS $flags
+    serve_one $engine $port "" -- kaon serve --port $port --num-threads "$THREADS" $KAON_SERVE_FLAGS $flags
     # shellcheck disable=SC2086
-    run kaon bench latency $flags --num-iters 3 --output-json "$OUT/$engine-latency.json" > "$OUT/$engine-latency.log" 2>&1
+    run kaon bench latency $flags --num-threads "$THREADS" --num-iters "${LATENCY_ITERS:-3}" \
+      --output-len "$OUTPUT_LEN" --output-json "$OUT/$engine-latency.json" > "$OUT/$engine-latency.log" 2>&1
     # shellcheck disable=SC2086
-    run kaon bench throughput $flags --num-prompts 64 --input-len 32 --output-len 128 \
+    run kaon bench throughput $flags --num-threads "$THREADS" --num-prompts "${OFFLINE_PROMPTS:-64}" \
+      --input-len 32 --output-len "$OUTPUT_LEN" \
       --output-json "$OUT/$engine-offline.json" > "$OUT/$engine-offline.log" 2>&1
     ;;
   llama-q4|llama-f32)
@@ -205,7 +214,7 @@ for engine in $ENGINES; do
     serve_one $engine $port "" -- "$LLAMA_BIN/llama-server" -m "$model" -a smollm2 $LLAMA_SERVER_FLAGS \
       --host 127.0.0.1 --port $port $AMX_SERVER
     # shellcheck disable=SC2086
-    run "$LLAMA_BIN/llama-bench" -m "$model" -t 2 -p 512 -n 128 -r 3 $AMX_BENCH -o json \
+    run "$LLAMA_BIN/llama-bench" -m "$model" -t "$THREADS" -p 512 -n "$OUTPUT_LEN" -r 3 $AMX_BENCH -o json \
       > "$OUT/$engine-llama-bench.json" 2> "$OUT/$engine-llama-bench.log"
     ;;
   vllm)
@@ -217,11 +226,12 @@ for engine in $ENGINES; do
     # other servers' memory, does not fit here); the thread binding would pin to cores other
     # jobs use, so it is left to the OS as for the other servers.
     # shellcheck disable=SC2086
-    serve_one vllm 18915 "" -- env VLLM_CPU_KVCACHE_SPACE=2 VLLM_CPU_OMP_THREADS_BIND=nobind \
+    serve_one vllm 18915 "" -- env VLLM_CPU_KVCACHE_SPACE=2 VLLM_CPU_OMP_THREADS_BIND=nobind OMP_NUM_THREADS="$THREADS" \
       HF_HUB_OFFLINE=1 "$VLLM_VENV/bin/vllm" serve "$HF_DIR" --served-model-name smollm2 \
       $VLLM_SERVE_FLAGS --host 127.0.0.1 --port 18915
-    run env VLLM_CPU_KVCACHE_SPACE=2 VLLM_CPU_OMP_THREADS_BIND=nobind HF_HUB_OFFLINE=1 \
+    run env VLLM_CPU_KVCACHE_SPACE=2 VLLM_CPU_OMP_THREADS_BIND=nobind OMP_NUM_THREADS="$THREADS" HF_HUB_OFFLINE=1 \
       "$VLLM_VENV/bin/python" "$HERE/vllm_offline.py" "$HF_DIR" "$OUT/vllm-offline.json" \
+      --num-prompts "${OFFLINE_PROMPTS:-64}" --output-len "$OUTPUT_LEN" \
       > "$OUT/vllm-offline.log" 2>&1
     ;;
   esac

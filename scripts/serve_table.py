@@ -238,6 +238,9 @@ def summary(out_dir: Path) -> list[str]:
             f"{bandwidth['floor_tokens_per_s']:.1f} tok/s for "
             f"{bandwidth['weight_bytes_per_step'] / 1e6:.0f} MB of weights per step."
         )
+    settings = out_dir / "settings.txt"
+    if settings.exists():
+        lines.append(f"Settings: {settings.read_text().strip()}")
     lines.append(f"Date: {machine.get('date', '?')}")
     targets = ratios(out_dir)
     if targets:
