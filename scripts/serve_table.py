@@ -199,7 +199,7 @@ def summary(out_dir: Path) -> list[str]:
     header = (
         "| server | 1 stream tok/s | 8 streams | 32 streams | TTFT p99 at 32 | peak RSS "
         "| start to /health | decode 1 stream: served / offline tok/s | prefill 512: served / "
-        "llama-bench tok/s | offline 64 x 128 tok/s |"
+        "llama-bench tok/s | offline tok/s (see Settings) |"
     )
     table = [header, "|" + "---|" * 10]
     notes = []
