@@ -10,7 +10,8 @@
 #   LLAMACPP_PYTHON: a Python with `llama-cpp-python[server]` (its own venv; default: python)
 #   NUM_PROMPTS (default 4,16,64), OUTPUT_LEN (default 128)
 # Writes OUT_DIR/ENGINE.json (all per-request figures), ENGINE.png, ENGINE-server.log and prints a
-# Markdown table (scripts/serve_table.py) at the end.
+# Markdown table (scripts/serve_table.py) at the end. For llama.cpp's native llama-server and
+# vLLM-CPU, and all of issue 12's figures, see scripts/bench_peers.sh.
 set -u
 OUT=${1:?usage: $0 OUT_DIR [ENGINE...]}; shift
 ENGINES=${*:-kaon kaon-int4 llamacpp transformers}
@@ -45,20 +46,7 @@ run_one() {  # NAME PORT POLL_PATH BENCH_FLAGS -- SERVER COMMAND...
 
 hf_dir() {  # the GGUF dequantized to a float32 Hugging Face directory (transformers serve cannot
             # load this GGUF directly: its config comes out without `architectures`)
-  [ -f "$HF_DIR/config.json" ] && return
-  python - "$GGUF" "$HF_DIR" <<'PY'
-import os, sys
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-gguf, out = sys.argv[1], sys.argv[2]
-folder, name = os.path.dirname(gguf), os.path.basename(gguf)
-model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-model.hf_quantizer = None
-if hasattr(model.config, "quantization_config"):
-    del model.config.quantization_config
-model.save_pretrained(out)
-AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(out)
-PY
+  [ -f "$HF_DIR/config.json" ] || python "$(dirname "$0")/gguf_to_hf.py" "$GGUF" "$HF_DIR"
 }
 
 for engine in $ENGINES; do
