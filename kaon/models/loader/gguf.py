@@ -261,7 +261,7 @@ def _dequantize(reader, tensor, data: np.ndarray) -> np.ndarray:
 
 
 def iter_gguf_row_chunks(
-    reader, config: ArchitectureConfig, dtype: torch.dtype, chunk_bytes: int = 64 << 20
+    reader, config: ArchitectureConfig, dtype: torch.dtype, chunk_bytes: int = 16 << 20
 ) -> Iterator[tuple[str, int, torch.Tensor]]:
     """Yield (Hugging Face name, first row, float rows in ``dtype``) so that a loader can copy
     each piece into place and drop it: at most about ``chunk_bytes`` of float32 rows are
