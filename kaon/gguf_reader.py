@@ -31,6 +31,13 @@ class _StringArrayField(ReaderField):
         return self.strings[index_or_slice]  # type: ignore[attr-defined]
 
 
+class _NumericArrayField(ReaderField):
+    """A ``ReaderField`` whose last part is the whole numeric array (one numpy view)."""
+
+    def contents(self, index_or_slice: int | slice = slice(None)) -> Any:
+        return self.parts[-1][index_or_slice].tolist()
+
+
 class GGUFFileReader(GGUFReader):
     """A ``gguf.GGUFReader`` (same ``fields``, ``tensors``, ``data``) that opens files with large
     tokenizer arrays in a fraction of a second. Fields of type array are not editable through
@@ -87,7 +94,7 @@ class GGUFFileReader(GGUFReader):
         values = self._get(start, numpy_type, count)
         if len(values) != count:
             raise ValueError(f"GGUF field {name}: array cut short ({len(values)} of {count} items)")
-        field = ReaderField(orig_offs, name, [*parts, values], [len(parts)], types)
+        field = _NumericArrayField(orig_offs, name, [*parts, values], [len(parts)], types)
         return field, start + int(values.nbytes) - offs
 
     def _read_strings(self, offs: int, count: int) -> tuple[list[str], int]:
