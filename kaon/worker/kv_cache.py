@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
@@ -132,10 +133,16 @@ def allocate_kv_cache(
 
 
 def _untouched_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A CPU tensor of zeros whose pages are not yet resident (numpy's calloc; the tensor keeps
-    the array alive). All-zero bits are 0 in every float and integer dtype."""
+    """A CPU tensor of zeros, 64-byte aligned, whose pages are not yet resident (numpy's calloc
+    of a large block is a fresh anonymous mapping; the tensor keeps the array alive). All-zero
+    bits are 0 in every float and integer dtype."""
     import numpy as np
 
     itemsize = torch.empty((), dtype=dtype).element_size()
-    raw = np.zeros(shape, dtype={1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[itemsize])
-    return torch.from_numpy(raw).view(dtype)
+    num_bytes = math.prod(shape) * itemsize
+    raw = np.zeros(num_bytes + _ALIGNMENT, dtype=np.uint8)
+    start = -raw.ctypes.data % _ALIGNMENT  # calloc'd mappings start 16 bytes into a page
+    return torch.from_numpy(raw[start : start + num_bytes]).view(dtype).view(shape)
+
+
+_ALIGNMENT = 64  # bytes: one cache line, as torch's own CPU allocator aligns
