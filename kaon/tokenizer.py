@@ -38,12 +38,12 @@ _SPM_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 def read_gguf_metadata(path: str | os.PathLike[str]) -> dict[str, object]:
     """Read a GGUF file's metadata key/values as plain Python values (str, int, float, lists).
 
-    Tensor data is memory-mapped by gguf.GGUFReader but never read.
+    Tensor data is memory-mapped by the reader but never read.
     Raises FileNotFoundError if `path` does not exist, ValueError if it is not a GGUF file.
     """
-    from gguf import GGUFReader  # gguf pulls in numpy; only GGUF callers need it
+    from kaon.gguf_reader import GGUFFileReader  # gguf pulls in numpy; only GGUF callers need it
 
-    reader = GGUFReader(os.fspath(path), "r")
+    reader = GGUFFileReader(os.fspath(path), "r")
     return {name: field.contents() for name, field in reader.fields.items()}
 
 

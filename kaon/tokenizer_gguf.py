@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import BPE
@@ -54,23 +55,36 @@ def _gpt2_pre_tokenizer(pre: str) -> tuple[pre_tokenizers.PreTokenizer, bool]:
     return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True), False
 
 
-def _spm_merges(tokens: list[str], scores: list[float], types: list[int]) -> list[tuple[str, str]]:
+def _spm_merges(
+    tokens: list[str], scores: list[float], types: list[int], vocab: dict[str, int]
+) -> list[tuple[str, str]]:
     """BPE merges that replay SentencePiece's highest-score-first bigram merging.
 
-    Every piece `l + r` in the vocab yields a merge (l, r) ranked by the piece's score, as in
-    transformers' SentencePieceExtractor.
+    Every piece `l + r` in the vocab yields a merge (l, r) ranked by the piece's score, then by
+    the ids of l and r, as in transformers' SentencePieceExtractor. ``vocab``: piece -> first id.
+    Hot at start-up (Gemma 3: 1.2 M cuts of 262,144 pieces), hence ids, not strings, in the loop
+    and one numpy sort.
     """
-    vocab = {tok: i for i, tok in reversed(list(enumerate(tokens)))}
-    ranked: list[tuple[float, int, int, str, str]] = []
+    skip = (_TOKEN_CONTROL, _TOKEN_BYTE, _TOKEN_UNKNOWN)
+    find = vocab.get
+    ranks: list[float] = []
+    left_ids: list[int] = []
+    right_ids: list[int] = []
     for i, piece in enumerate(tokens):
-        if types[i] in (_TOKEN_CONTROL, _TOKEN_BYTE, _TOKEN_UNKNOWN):
+        if len(piece) < 2 or types[i] in skip:
             continue
         for cut in range(1, len(piece)):
-            left, right = piece[:cut], piece[cut:]
-            if left in vocab and right in vocab:
-                ranked.append((-scores[i], vocab[left], vocab[right], left, right))
-    ranked.sort()
-    return [(left, right) for *_, left, right in ranked]
+            left = find(piece[:cut])
+            if left is None:
+                continue
+            right = find(piece[cut:])
+            if right is not None:
+                ranks.append(-scores[i])
+                left_ids.append(left)
+                right_ids.append(right)
+    left_array, right_array = np.array(left_ids, np.int64), np.array(right_ids, np.int64)
+    order = np.lexsort((right_array, left_array, np.array(ranks, np.float64)))
+    return [(tokens[left_ids[k]], tokens[right_ids[k]]) for k in order.tolist()]
 
 
 def _gguf_merges(fields: dict[str, object], vocab: dict[str, int]) -> list[tuple[str, str]]:
@@ -105,7 +119,8 @@ def build_gguf_hf_tokenizer(fields: dict[str, object]) -> HFTokenizer:
     if not tokens:
         raise ValueError("tokenizer.ggml.tokens: missing or empty")
     types = list(fields.get("tokenizer.ggml.token_type") or [_TOKEN_NORMAL] * len(tokens))
-    vocab = {tok: i for i, tok in reversed(list(enumerate(tokens)))}  # first id wins on dupes
+    # First id wins on duplicate pieces.
+    vocab = dict(zip(reversed(tokens), range(len(tokens) - 1, -1, -1), strict=True))
     if model == "gpt2":
         pre = str(fields.get("tokenizer.ggml.pre", "default"))
         pre_tokenizer, ignore_merges = _gpt2_pre_tokenizer(pre)
@@ -115,7 +130,7 @@ def build_gguf_hf_tokenizer(fields: dict[str, object]) -> HFTokenizer:
     elif model == "llama":
         scores = list(fields.get("tokenizer.ggml.scores") or [0.0] * len(tokens))
         unk = tokens[int(fields.get("tokenizer.ggml.unknown_token_id", 0))]
-        merges = _spm_merges(tokens, scores, types)
+        merges = _spm_merges(tokens, scores, types, vocab)
         hf = HFTokenizer(BPE(vocab, merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
         # llama.cpp prefixes a space to every text fragment (also after special tokens) even if
         # it already starts with one, unlike tokenizers' Metaspace; a normalizer does the same.

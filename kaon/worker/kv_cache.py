@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
@@ -111,12 +112,37 @@ def allocate_kv_cache(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """One (key_cache, value_cache) pair per layer, each
     [num_blocks, block_size, num_kv_heads, head_dim], zero-filled so that padded (masked) slots
-    never hold NaN."""
+    never hold NaN.
+
+    On CPU all pairs are views of one zeroed anonymous mapping (``numpy.zeros`` -> calloc ->
+    mmap): the kernel hands out zero pages on first write, so a block costs resident memory only
+    once a request writes to it, as on a GPU the memory is reserved but (unlike ``torch.zeros``,
+    which writes every byte) a 1.4 GiB cache with a few short requests adds megabytes of RSS.
+    """
     shape = (num_blocks, block_size, config.num_key_value_heads, config.head_dim)
-    return [
-        (
-            torch.zeros(shape, dtype=dtype, device=device),
-            torch.zeros(shape, dtype=dtype, device=device),
-        )
-        for _ in range(config.num_hidden_layers)
-    ]
+    if device.type != "cpu":
+        return [
+            (
+                torch.zeros(shape, dtype=dtype, device=device),
+                torch.zeros(shape, dtype=dtype, device=device),
+            )
+            for _ in range(config.num_hidden_layers)
+        ]
+    cache = _untouched_zeros((config.num_hidden_layers, 2, *shape), dtype)
+    return [(layer[0], layer[1]) for layer in cache.unbind(0)]
+
+
+def _untouched_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A CPU tensor of zeros, 64-byte aligned, whose pages are not yet resident (numpy's calloc
+    of a large block is a fresh anonymous mapping; the tensor keeps the array alive). All-zero
+    bits are 0 in every float and integer dtype."""
+    import numpy as np
+
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    num_bytes = math.prod(shape) * itemsize
+    raw = np.zeros(num_bytes + _ALIGNMENT, dtype=np.uint8)
+    start = -raw.ctypes.data % _ALIGNMENT  # calloc'd mappings start 16 bytes into a page
+    return torch.from_numpy(raw[start : start + num_bytes]).view(dtype).view(shape)
+
+
+_ALIGNMENT = 64  # bytes: one cache line, as torch's own CPU allocator aligns

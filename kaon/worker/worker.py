@@ -19,6 +19,7 @@ from kaon.distributed.communication import TensorParallelGroup
 from kaon.layers.quantization import weight_bytes
 from kaon.models.loader import load_model
 from kaon.outputs import ScheduledRequest, SchedulerOutput
+from kaon.startup import log_step
 from kaon.worker.cpu_kernels import load_cpu_kernels, pack_linear_weights_for_cpu
 from kaon.worker.input_batch import InputBatch
 from kaon.worker.kv_cache import allocate_kv_cache, num_blocks_for_budget
@@ -51,7 +52,9 @@ class Worker:
         self.dtype = resolve_dtype(model_config.dtype, self.device)
         self.kv_cache_dtype = resolve_kv_cache_dtype(config.cache_config.kv_cache_dtype, self.dtype)
         # Before the first forward pass, never inside a request (compiles once per install).
+        start = time.perf_counter()
         self.cpu_kernels = load_cpu_kernels(self.device, self.dtype)
+        log_step("C++ kernels", time.perf_counter() - start)
         start = time.perf_counter()
         self.loaded = load_model(
             model_config.model, self.dtype, self.device, tp_group=tp_group,
@@ -95,6 +98,7 @@ class Worker:
         logger.info("allocated the KV cache: %d blocks of %d tokens, %.0f MiB %s, in %.1f s",
                     num_blocks, block_size, num_bytes / 2**20, self.kv_cache_dtype,
                     time.perf_counter() - start)  # fmt: skip
+        log_step("KV cache", time.perf_counter() - start, f"{num_bytes / 2**20:.0f} MiB reserved")
         self.model_runner = ModelRunner(
             self.loaded.model, kv_caches, block_size, self.eos_token_ids, self.device
         )

@@ -68,6 +68,7 @@ from kaon.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from kaon.entrypoints.openai.serving_responses import OpenAIServingResponses
 from kaon.entrypoints.web import add_chat_page, page_url
 from kaon.metrics import CONTENT_TYPE, PrometheusStatLogger
+from kaon.startup import log_step, seconds_since_process_start
 
 logger = logging.getLogger("kaon")
 
@@ -109,6 +110,7 @@ def build_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async_llm.start()
         logger.info("serving %s", ", ".join(served_model_names))
+        log_step("serving", seconds_since_process_start(), "since the process started")
         yield
         await async_llm.shutdown()
 
@@ -306,6 +308,7 @@ def run_server(args: argparse.Namespace) -> int:
         ValueError: naming a bad engine or server option (the CLI prints it and exits 2).
         FileNotFoundError: the model path does not exist.
     """
+    log_step("process start -> server code", seconds_since_process_start(), "imports")
     validate_server_args(args)
     cors = CORSOptions.from_args(args)
     options = options_from_cli(args)

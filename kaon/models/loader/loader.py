@@ -15,6 +15,7 @@ from kaon.layers.quantization import validate as validate_quantization
 from kaon.models.architecture import ArchitectureConfig
 from kaon.models.loader.default_model import DEFAULT_MODEL_NAME, default_model_path
 from kaon.models.registry import SINGLE_RANK_ARCHITECTURES, model_class
+from kaon.startup import release_free_heap, timed_step
 
 logger = logging.getLogger(__name__)
 
@@ -117,19 +118,27 @@ def _load_gguf(
     from kaon.models.loader.gguf import iter_gguf_tensors, open_gguf, read_metadata
     from kaon.tokenizer import Tokenizer
 
-    reader = open_gguf(path)
-    metadata = read_metadata(reader)
+    with timed_step("GGUF metadata"):
+        reader = open_gguf(path)
+        metadata = read_metadata(reader)
     config = _gguf_architecture(path, metadata)
     config.tie_word_embeddings = not any(t.name == "output.weight" for t in reader.tensors)
+    with timed_step("tokenizer"):
+        tokenizer = Tokenizer.from_gguf(metadata)
+    del metadata  # the token arrays: tens of MB of str objects for a 262k vocabulary
     # Q4_0/Q4_1 blocks go straight to int4 group 32 (one rank: shards are cut from floats).
     int4_native = quant == ("int4", 32) and tp_group is None
-    if tp_group is None and not int4_native:  # tensor by tensor into the allocated model
-        model = _build_streaming(config, reader, dtype, device, quant)
-        return LoadedModel(model, config, Tokenizer.from_gguf(metadata), name, str(path))
-    tensors = _shard(iter_gguf_tensors(reader, config, dtype, int4_native), config, tp_group)
-    freq_divisors = tensors.pop("rope_freqs", None)
-    model = _build(config, tensors, dtype, device, freq_divisors, tp_group, quant)
-    tokenizer = Tokenizer.from_gguf(metadata)
+    with timed_step("weights"):
+        if tp_group is None and not int4_native:  # tensor by tensor into the allocated model
+            model = _build_streaming(config, reader, dtype, device, quant)
+        else:
+            tensors = _shard(
+                iter_gguf_tensors(reader, config, dtype, int4_native), config, tp_group
+            )
+            freq_divisors = tensors.pop("rope_freqs", None)
+            model = _build(config, tensors, dtype, device, freq_divisors, tp_group, quant)
+            del tensors
+        release_free_heap()  # the freed dequantized pieces, back to the OS
     return LoadedModel(model, config, tokenizer, name, str(path))
 
 

@@ -1,7 +1,7 @@
 """Fill an allocated model from a stream of (name, first row, rows) pieces, one at a time.
 
 Peak memory while loading is then the model itself plus one piece (``iter_gguf_row_chunks``
-bounds a piece to ~64 MB of float32), instead of every dequantized tensor held at once next to
+bounds a piece to ~16 MB of float32), instead of every dequantized tensor held at once next to
 the model. Fused parameters take their parts at row offsets:
 
     qkv_proj     = [q_proj rows | k_proj rows | v_proj rows]      (qkv_bias alike)
