@@ -10,15 +10,17 @@ tensor's bytes exactly as in the GGUF file; type_id the ``GGMLQuantizationType``
 Block layouts (llama.cpp ``ggml/src/ggml-common.h``; d, dmin, m are fp16; "nibble j" of qs[16]
 is the low nibble of byte j for j < 16 and the high nibble of byte j - 16 otherwise):
 
-    type  block bytes  layout                                       weight i
-    Q4_0   32    18   d, qs[16]                                    d * (nibble_i - 8)
-    Q4_1   32    20   d, m, qs[16]                                 d * nibble_i + m
-    Q5_0   32    22   d, qh[4], qs[16]                             d * (nibble_i | bit_i(qh) << 4) - 16 d
-    Q5_1   32    24   d, m, qh[4], qs[16]                          d * (nibble_i | bit_i(qh) << 4) + m
-    Q8_0   32    34   d, qs int8[32]                               d * qs_i
-    Q4_K  256   144   d, dmin, scales[12] (8 x 6-bit sc, mn), qs[128]   d sc_s q - dmin mn_s
-    Q5_K  256   176   d, dmin, scales[12], qh[32], qs[128]         as Q4_K with a 5th bit from qh
-    Q6_K  256   210   ql[128], qh[64], scales int8[16], d          d * sc_g * (q6 - 32), g = i / 16
+    type  block bytes  layout                               weight i (q5_i = nibble_i | bit_i(qh) << 4)
+    Q4_0   32    18   d, qs[16]                            d * (nibble_i - 8)
+    Q4_1   32    20   d, m, qs[16]                         d * nibble_i + m
+    Q5_0   32    22   d, qh[4], qs[16]                     d * (q5_i - 16)
+    Q5_1   32    24   d, m, qh[4], qs[16]                  d * q5_i + m
+    Q8_0   32    34   d, qs int8[32]                       d * qs_i
+    Q4_K  256   144   d, dmin, scales[12], qs[128]         d * sc_s * q4 - dmin * mn_s, s = i / 32
+    Q5_K  256   176   d, dmin, scales[12], qh[32], qs[128] as Q4_K with a 5th bit from qh
+    Q6_K  256   210   ql[128], qh[64], scales int8[16], d  d * sc_g * (q6 - 32), g = i / 16
+
+(Q4_K / Q5_K ``scales[12]``: 8 pairs of 6-bit (sc, mn), one per 32 weights.)
 
 Activations are quantized per row to 8 bits (symmetric, d = max|x| / 127, round to nearest even):
 32-blocks with the block sum for Q4_0 .. Q8_0 (llama.cpp's Q8_0 / Q8_1), 256-blocks with sums per
