@@ -10,7 +10,7 @@ tensor's bytes exactly as in the GGUF file; type_id the ``GGMLQuantizationType``
 Block layouts (llama.cpp ``ggml/src/ggml-common.h``; d, dmin, m are fp16; "nibble j" of qs[16]
 is the low nibble of byte j for j < 16 and the high nibble of byte j - 16 otherwise):
 
-    type  block bytes  layout                               weight i (q5_i = nibble_i | bit_i(qh) << 4)
+    type  block bytes  layout                          weight i (q5_i = nibble_i | bit_i(qh) << 4)
     Q4_0   32    18   d, qs[16]                            d * (nibble_i - 8)
     Q4_1   32    20   d, m, qs[16]                         d * nibble_i + m
     Q5_0   32    22   d, qh[4], qs[16]                     d * (q5_i - 16)
