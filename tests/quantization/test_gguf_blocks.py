@@ -129,3 +129,25 @@ def test_default_model_runs_on_its_blocks(default_gguf_path: str) -> None:
         assert gguf_blocks.USE_SIMD
     finally:
         llm.close()
+
+
+def test_auto_keeps_kernel_types_and_falls_back_to_dequantizing(
+    default_gguf_path: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from kaon.kernels import gguf_matmul
+    from kaon.models.loader import loader
+    from kaon.models.loader.gguf import open_gguf
+
+    reader = open_gguf(default_gguf_path)
+    cpu = torch.device("cpu")
+    caplog.set_level(logging.INFO, logger="kaon.models.loader.loader")
+    if gguf_matmul.load_kernels() is not None:
+        assert loader._native_block_types(reader, cpu, None) == ("Q4_1", "Q8_0")
+        assert "running Q4_1, Q8_0 blocks natively" in caplog.text
+    assert loader._native_block_types(reader, torch.device("cuda"), None) == ()
+    assert "no GGUF block kernels on cuda; dequantizing Q4_1, Q8_0" in caplog.text
+    monkeypatch.setattr(gguf_matmul, "load_kernels", lambda: None)  # failed build / disabled
+    assert loader._native_block_types(reader, cpu, None) == ()
+    assert "C++ GGUF kernels are unavailable" in caplog.text
