@@ -17,11 +17,11 @@ from kaon.kernels.gguf_matmul import KERNEL_TYPES, load_kernels
 SHAPES = [("Q4_1", 1536, 576), ("Q4_1", 576, 1536), ("Q8_0", 49152, 576)]
 
 
-def milliseconds(fn, iters: int) -> float:
-    fn()
+def milliseconds(fn, args: tuple, iters: int) -> float:
+    fn(*args)
     start = time.perf_counter()
     for _ in range(iters):
-        fn()
+        fn(*args)
     return (time.perf_counter() - start) / iters * 1e3
 
 
@@ -43,9 +43,9 @@ def main() -> None:
         weight_t = torch.randn(k, n)
         for m in (1, 8, 64):
             x = torch.randn(m, k)
-            fast = milliseconds(lambda: kernels.gguf_mm(x, blocks, type_id, True), 20)
-            scalar = milliseconds(lambda: kernels.gguf_mm(x, blocks, type_id, False), 3)
-            dense = milliseconds(lambda: torch.mm(x, weight_t), 20)
+            fast = milliseconds(kernels.gguf_mm, (x, blocks, type_id, True), 20)
+            scalar = milliseconds(kernels.gguf_mm, (x, blocks, type_id, False), 3)
+            dense = milliseconds(torch.mm, (x, weight_t), 20)
             print(f"| {name} | {n} x {k} | {m} | {fast:.3f} | {scalar:.3f} | {dense:.3f} |")
 
 
