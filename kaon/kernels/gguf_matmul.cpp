@@ -478,8 +478,10 @@ void gguf_mm_out(torch::Tensor x, torch::Tensor w, int64_t type, torch::Tensor o
   float* op = out.data_ptr<float>();
   const int64_t ldo = out.stride(0);
   const int64_t row_bytes = w.size(1);
-  // About 64 KiB of weights x rows per task: a small decode GEMV stays on one thread.
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, row_bytes * std::min<int64_t>(rows, 8)));
+  // About 1 MiB of weights x rows per task: a small decode GEMV stays on one thread (on a
+  // loaded 2-core machine a fork/join can wait a whole scheduler slice for the second thread).
+  const int64_t grain = std::max<int64_t>(
+      1, (int64_t{1} << 20) / std::max<int64_t>(1, row_bytes * std::min<int64_t>(rows, 8)));
 #if defined(__AVX2__)
   const bool simd = use_simd;
 #else
