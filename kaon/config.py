@@ -32,7 +32,9 @@ class ModelConfig:
     seed: int = _opt(0, "seed of the global sampling generator (requests without their own seed)")
     device: str = _opt("auto", "auto, cpu or cuda")
     quantization: str = _opt(
-        "none", "weight-only quantization of the linear layers and LM head: none, int8, int4"
+        "auto",
+        "weight-only quantization of the linear layers and LM head: auto (a GGUF's own block "
+        "types, run natively; none for other models), none, int8, int4",
     )
     quantization_group_size: int = _opt(
         32, "int4 inputs per scale/zero group: 32 (as GGUF Q4_0/Q4_1), 64, 128, 256"
@@ -123,9 +125,10 @@ class EngineConfig:
             )
         if self.model_config.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.model_config.device!r}")
-        if self.model_config.quantization not in ("none", "int8", "int4"):
+        if self.model_config.quantization not in ("auto", "none", "int8", "int4"):
             raise ValueError(
-                f"quantization must be none, int8 or int4, got {self.model_config.quantization!r}"
+                "quantization must be auto, none, int8 or int4, "
+                f"got {self.model_config.quantization!r}"
             )
         if self.model_config.quantization_group_size not in (32, 64, 128, 256):
             raise ValueError(
@@ -160,6 +163,8 @@ def describe_quantization(quantization: str, group_size: int, dtype: object) -> 
         return f"int4 weights (group {group_size})"
     if quantization == "int8":
         return "int8 weights (per output channel)"
+    if quantization == "auto":
+        return f"the file's own weight types (GGUF blocks; other models {dtype})"
     return f"unquantized {dtype} weights"
 
 

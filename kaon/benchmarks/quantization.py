@@ -24,10 +24,11 @@ from kaon.layers.quantization import LINEAR_WEIGHTS, quantize_model, weight_byte
 from kaon.sampling_params import SamplingParams
 
 ROWS = {
-    "float32": {},
-    "bfloat16": {"dtype": "bfloat16"},
+    "float32": {"quantization": "none"},
+    "bfloat16": {"dtype": "bfloat16", "quantization": "none"},
+    "GGUF native (auto)": {"quantization": "auto"},
     "int8": {"quantization": "int8"},
-    "int4 g32 (re-quantized)": {"requantize": ("int4", 32)},
+    "int4 g32 (re-quantized)": {"quantization": "none", "requantize": ("int4", 32)},
     "int4 g128": {"quantization": "int4", "quantization_group_size": 128},
     "int4 g32 (GGUF-native Q4_1)": {"quantization": "int4", "quantization_group_size": 32},
 }

@@ -28,8 +28,12 @@ def embed(
     """input_ids [num_tokens] int64, weight [shard_rows, hidden] -> [num_tokens, hidden].
 
     With a group: ids outside this rank's rows give zero rows, and the all-reduce sums the one
-    rank's row that holds each id.
+    rank's row that holds each id. ``weight`` may also be a block-quantized table
+    (``GGUFBlockWeight.embedding``: only the requested rows are dequantized; one rank only).
     """
+    if not isinstance(weight, torch.Tensor):
+        assert group is None, "block-quantized embeddings are loaded on one rank only"
+        return weight.embedding(input_ids)
     if group is None:
         return F.embedding(input_ids, weight)
     local = input_ids - vocab_start

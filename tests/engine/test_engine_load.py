@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 from kaon.attention import cpu_decode
-from kaon.kernels import cpp_build, cpu_fused
+from kaon.kernels import cpp_build, cpu_fused, cpu_gemm, gguf_matmul
 from kaon.sampling_params import SamplingParams
 
 SCRIPT = r"""
@@ -62,8 +62,10 @@ def test_shared_engine_loaded_its_kernels_and_a_request_builds_nothing(llm):
     assert cpu_fused._ops is not cpu_fused._UNSET
     assert cpu_decode._kernel is not cpu_decode._UNSET
     loaded = llm.engine.executor.driver.cpu_kernels
-    assert loaded == {"fused_ops": cpu_fused._ops is not None,
-                      "decode_attention": cpu_decode._kernel is not None}  # fmt: skip
+    assert loaded == {"gguf_blocks": gguf_matmul.loaded_kernels() is not None,
+                      "fused_ops": cpu_fused._ops is not None,
+                      "decode_attention": cpu_decode._kernel is not None,
+                      "gemm": cpu_gemm.loaded_ops() is not None}  # fmt: skip
     builds = cpp_build.num_builds
     params = SamplingParams(temperature=0.0, max_tokens=8)
     output = llm.generate(["The capital of France is"], params, use_tqdm=False)[0]

@@ -113,7 +113,7 @@ def test_preemption_keeps_constrained_outputs(llm):
     greedy = [_constrained(name, temperature=0, max_tokens=30) for name in NAMES]
     reference = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, greedy, use_tqdm=False)]
     per_token = llm.engine.arch_config.kv_bytes_per_token * 4
-    small = LLM(kv_cache_memory_bytes=per_token * 48, max_model_len=48)  # 3 blocks
+    small = LLM(kv_cache_memory_bytes=per_token * 48, max_model_len=48, quantization="none")
     try:
         outputs = small.generate(PROMPTS, greedy, use_tqdm=False)
         assert small.engine.stats().num_preemptions > 0

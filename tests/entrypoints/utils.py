@@ -18,8 +18,11 @@ import httpx
 API_KEY = "kaon-test-key"
 MODEL_NAME = "SmolLM2-135M-Instruct"
 # Engine limits shared by the server and the offline LLM, so greedy results can be compared.
-ENGINE_FLAGS = ["--kv-cache-memory-bytes", "300000000", "--max-model-len", "2048"]
-ENGINE_OPTIONS = {"kv_cache_memory_bytes": 300_000_000, "max_model_len": 2048}
+# --quantization none: the servers' exact greedy strings were recorded on float32 weights.
+ENGINE_FLAGS = ["--kv-cache-memory-bytes", "300000000", "--max-model-len", "2048",
+                "--quantization", "none"]  # fmt: skip
+ENGINE_OPTIONS = {"kv_cache_memory_bytes": 300_000_000, "max_model_len": 2048,
+                  "quantization": "none"}  # fmt: skip
 SERVE_COMMAND = [sys.executable, "-m", "kaon", "serve"]
 
 

@@ -9,6 +9,9 @@ head (SmolLM2) gets its own quantized copy of ``embed_tokens``, the embedding st
 Schemes: ``none``, ``int8`` (``quantization/int8.py``), ``int4`` (``quantization/int4.py``, group
 size 32 / 64 / 128 / 256). GGUF Q4_0 / Q4_1 tensors arrive as ``Int4Blocks`` (``gguf.py``) when
 ``int4`` with group size 32 is asked for, and are installed without a float round trip.
+``auto`` (the default): a GGUF's tensors of a type with a C++ kernel arrive as ``GGUFBlocks`` and
+are installed as ``GGUFBlockWeight`` (``gguf_blocks.py``), the embedding table and a tied LM head
+included; everything else stays float (the loader resolves ``auto`` to ``none`` for other models).
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import torch
 from torch import nn
 
 from kaon.layers.quantization.gguf import Int4Blocks
+from kaon.layers.quantization.gguf_blocks import GGUFBlocks, GGUFBlockWeight
 from kaon.layers.quantization.int4 import GROUP_SIZES, Int4Weight, effective_group_size
 from kaon.layers.quantization.int8 import Int8Weight
 
-SCHEMES = ("none", "int8", "int4")
+SCHEMES = ("auto", "none", "int8", "int4")
 # Linear weights of each decoder layer: (submodule, attribute), stored [in, out] when float.
 LINEAR_WEIGHTS = (("self_attn", "qkv_proj"), ("self_attn", "o_proj"),
                   ("mlp", "gate_up_proj"), ("mlp", "down_proj"))  # fmt: skip
@@ -28,6 +32,8 @@ LINEAR_WEIGHTS = (("self_attn", "qkv_proj"), ("self_attn", "o_proj"),
 __all__ = [
     "GROUP_SIZES",
     "SCHEMES",
+    "GGUFBlockWeight",
+    "GGUFBlocks",
     "Int4Blocks",
     "Int4Weight",
     "Int8Weight",
@@ -66,7 +72,7 @@ def quantize_model(
     model: nn.Module,
     scheme: str,
     group_size: int = 32,
-    prequantized: dict[str, Int4Blocks] | None = None,
+    prequantized: dict[str, Int4Blocks | list[GGUFBlocks]] | None = None,
 ) -> None:
     """Replace every linear weight of ``model`` (a LlamaForCausalLM after
     ``prepare_for_inference``) and its LM head by quantized modules, in place.
@@ -78,6 +84,9 @@ def quantize_model(
         ValueError: naming the field for a bad scheme or group size.
     """
     validate(scheme, group_size)
+    if scheme == "auto":
+        install_gguf_blocks(model, prequantized or {})
+        return
     if scheme == "none":
         return
     prequantized = prequantized or {}
@@ -98,18 +107,45 @@ def quantize_model(
     model.lm_head = quantized_head
 
 
-def take_int4_blocks(model: nn.Module, params: dict[str, object]) -> dict[str, Int4Blocks]:
-    """Move the parameters holding GGUF ``Int4Blocks`` (alone or among fused parts) out of
-    ``params`` and set those parameters of ``model`` (still on meta) to None, so that no float
-    storage is ever allocated for them. Returns name -> the fused blocks."""
-    native: dict[str, Int4Blocks] = {}
+def install_gguf_blocks(model: nn.Module, blocks: dict[str, object]) -> None:
+    """Set each parameter named in ``blocks`` (left None by ``take_int4_blocks``) to a
+    ``GGUFBlockWeight`` of its parts (``embed_tokens`` and ``lm_head`` included); embedding
+    rows come out in the dtype of the model's final norm weight (the activation dtype)."""
+    dtype = model.norm.weight.dtype
+    for name, parts in blocks.items():
+        module_name, _, attr = name.rpartition(".")
+        owner = model.get_submodule(module_name) if module_name else model
+        if hasattr(owner, attr):
+            delattr(owner, attr)
+        weight = GGUFBlockWeight(parts)  # type: ignore[arg-type]
+        weight.embedding_dtype = dtype
+        setattr(owner, attr, weight)
+
+
+def take_int4_blocks(model: nn.Module, params: dict[str, object]) -> dict[str, object]:
+    """Move the parameters holding GGUF ``Int4Blocks`` or ``GGUFBlocks`` (alone or among fused
+    parts) out of ``params`` and set those parameters of ``model`` (still on meta) to None, so
+    that no float storage is ever allocated for them. Returns name -> the fused Int4Blocks, or
+    the list of GGUFBlocks parts (a fused weight mixing GGUFBlocks with float parts, from a type
+    without a kernel, is dequantized whole and stays a float parameter)."""
+    native: dict[str, object] = {}
     for name, value in list(params.items()):
         parts = value if isinstance(value, list) else [value]
-        if any(isinstance(part, Int4Blocks) for part in parts):
+        if all(isinstance(part, GGUFBlocks) for part in parts):
+            native[name] = parts
+        elif any(isinstance(part, GGUFBlocks) for part in parts):
+            dtype = next(p.dtype for p in parts if isinstance(p, torch.Tensor))
+            params[name] = [
+                p.dequantize().to(dtype) if isinstance(p, GGUFBlocks) else p for p in parts
+            ]
+            continue
+        elif any(isinstance(part, Int4Blocks) for part in parts):
             native[name] = Int4Blocks.concat(parts)
-            del params[name]
-            module_name, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(module_name), attr, None)
+        else:
+            continue
+        del params[name]
+        module_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(module_name) if module_name else model, attr, None)
     return native
 
 

@@ -15,7 +15,8 @@ Q8_0 (d fp16, qs int8[32], w = d * q) has one scale per 32 weights, but the int8
 (``_weight_int8pack_mm``) takes one scale per output channel; kaon therefore does not map Q8_0
 natively: such tensors are dequantized (exactly) and re-quantized per channel for ``int8``, which
 adds that scheme's own rounding error. K-quants, F16, BF16 and F32 are dequantized and re-quantized
-to the requested scheme the same way.
+to the requested scheme the same way. (Under ``quantization auto``, the default, all of these
+block types run natively instead, without any re-rounding: ``gguf_blocks.py``.)
 """
 
 from __future__ import annotations

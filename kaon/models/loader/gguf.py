@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from kaon.layers.quantization.gguf import NATIVE_INT4_TYPES, Int4Blocks, decode_int4_blocks
+from kaon.layers.quantization.gguf_blocks import GGUFBlocks
 from kaon.models.architecture import (
     GEMMA3_SLIDING_WINDOW_PATTERN,
     GGUF_ARCHITECTURES,
@@ -199,12 +200,18 @@ def _unpermute(weight: np.ndarray, num_heads: int) -> np.ndarray:
 
 
 def iter_gguf_tensors(
-    reader, config: ArchitectureConfig, dtype: torch.dtype, int4_native: bool = False
-) -> Iterator[tuple[str, torch.Tensor | Int4Blocks]]:
+    reader,
+    config: ArchitectureConfig,
+    dtype: torch.dtype,
+    int4_native: bool = False,
+    block_types: tuple[str, ...] = (),
+) -> Iterator[tuple[str, torch.Tensor | Int4Blocks | GGUFBlocks]]:
     """Yield (Hugging Face name, dequantized tensor in ``dtype``) for every model tensor.
 
     ``rope_freqs`` (Llama 3 frequency divisors) is yielded under its own name. With
     ``int4_native``, Q4_0/Q4_1 linear weights are yielded undequantized as ``Int4Blocks``.
+    Linear weights, the embedding and the LM head of a type in ``block_types`` are yielded as
+    ``GGUFBlocks`` (the file's bytes; Llama q/k rows permuted as whole rows).
 
     Raises:
         ValueError: naming the tensor whose GGUF type the gguf package cannot dequantize.
@@ -220,7 +227,18 @@ def iter_gguf_tensors(
         )
         if name is None:
             continue
-        if int4_native and _is_linear(name) and tensor.tensor_type.name in NATIVE_INT4_TYPES:
+        type_name = tensor.tensor_type.name
+        if type_name in block_types and (_is_linear(name) or name == "embed_tokens.weight"):
+            num_columns = int(tensor.shape[0])
+            data = np.asarray(tensor.data).reshape(int(tensor.shape[1]), -1)
+            blocks = GGUFBlocks(type_name, data, num_columns)
+            heads = {"q_proj.weight": config.num_attention_heads,
+                     "k_proj.weight": config.num_key_value_heads}.get(name[-13:])  # fmt: skip
+            if permute and heads:
+                blocks = blocks.map_rows(lambda rows, heads=heads: _unpermute(rows, heads))
+            yield name, blocks
+            continue
+        if int4_native and _is_linear(name) and type_name in NATIVE_INT4_TYPES:
             blocks = decode_int4_blocks(tensor.data, tensor.tensor_type.name)
             heads = {"q_proj.weight": config.num_attention_heads,
                      "k_proj.weight": config.num_key_value_heads}.get(name[-13:])  # fmt: skip

@@ -62,6 +62,7 @@ def load_model(
         raise FileNotFoundError(f"model path {path} does not exist")
     _log_reading(target)
     if target.is_dir():
+        quantization = "none" if quantization == "auto" else quantization
         return _load_hf_dir(target, name, dtype, device, tp_group, (quantization, group_size))
     if target.suffix != ".gguf":
         raise ValueError(
@@ -126,20 +127,54 @@ def _load_gguf(
     with timed_step("tokenizer"):
         tokenizer = Tokenizer.from_gguf(metadata)
     del metadata  # the token arrays: tens of MB of str objects for a 262k vocabulary
+    block_types = _native_block_types(reader, device, tp_group) if quant[0] == "auto" else ()
+    if quant[0] == "auto":
+        quant = ("auto" if block_types else "none", quant[1])
     # Q4_0/Q4_1 blocks go straight to int4 group 32 (one rank: shards are cut from floats).
     int4_native = quant == ("int4", 32) and tp_group is None
     with timed_step("weights"):
-        if tp_group is None and not int4_native:  # tensor by tensor into the allocated model
+        if tp_group is None and not int4_native and not block_types:  # tensor by tensor
             model = _build_streaming(config, reader, dtype, device, quant)
         else:
-            tensors = _shard(
-                iter_gguf_tensors(reader, config, dtype, int4_native), config, tp_group
-            )
+            tensors = iter_gguf_tensors(reader, config, dtype, int4_native, block_types)
+            tensors = _shard(tensors, config, tp_group)
             freq_divisors = tensors.pop("rope_freqs", None)
             model = _build(config, tensors, dtype, device, freq_divisors, tp_group, quant)
             del tensors
         release_free_heap()  # the freed dequantized pieces, back to the OS
     return LoadedModel(model, config, tokenizer, name, str(path))
+
+
+def _native_block_types(
+    reader, device: torch.device, tp_group: TensorParallelGroup | None
+) -> tuple[str, ...]:
+    """``--quantization auto`` on a GGUF: the file's block types that run natively (C++ kernels,
+    one CPU rank); logs the types that will be dequantized instead. Empty: dequantize all."""
+    from collections import Counter
+
+    from kaon.kernels.gguf_matmul import KERNEL_TYPES, load_kernels
+
+    counts = Counter(t.tensor_type.name for t in reader.tensors if len(t.shape) == 2)
+    quantized = sorted(t for t in counts if t not in ("F32", "F16", "BF16"))
+    if not quantized:
+        return ()
+    reason = None
+    if device.type != "cpu":
+        reason = f"no GGUF block kernels on {device.type}"
+    elif tp_group is not None:
+        reason = "tensor parallelism shards float weights"
+    elif load_kernels() is None:
+        reason = "the C++ GGUF kernels are unavailable (KAON_DISABLE_CPP_OPS or no build)"
+    if reason is not None:
+        logger.info("quantization auto: %s; dequantizing %s", reason, ", ".join(quantized))
+        return ()
+    native = tuple(t for t in quantized if t in KERNEL_TYPES)
+    for type_name in quantized:
+        if type_name not in KERNEL_TYPES:
+            logger.info("quantization auto: GGUF type %s has no kernel; dequantizing its %d "
+                        "tensors", type_name, counts[type_name])  # fmt: skip
+    logger.info("quantization auto: running %s blocks natively", ", ".join(native))
+    return native
 
 
 def _load_hf_dir(
