@@ -12,8 +12,9 @@ hides slots past each request's length); float32 CPU decodes over a float32 cach
 gather-free C++ kernel of ``cpu_decode`` when it builds, with ``_decode_attention`` as its
 reference; CUDA decodes use the Triton kernel of ``triton_decode`` (gather-free, and with a fixed
 launch grid, so it can be captured in a CUDA graph). Prefill chunks run one request at a time
-with a causal mask that is offset by the tokens already cached. Grouped-query attention (Ainslie et al. 2023) maps query head ``h`` to KV head
-``h // (num_heads // num_kv_heads)``, as Hugging Face's ``repeat_kv`` does.
+with a causal mask that is offset by the tokens already cached. Grouped-query attention (Ainslie
+et al. 2023) maps query head ``h`` to KV head ``h // (num_heads // num_kv_heads)``, as Hugging
+Face's ``repeat_kv`` does.
 """
 
 from __future__ import annotations
