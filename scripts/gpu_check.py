@@ -8,8 +8,8 @@ ids, outputs are read as ids (``detokenize=False``).
 
 Phases (each recorded in ``results.json`` as soon as it ends, so a run cut short still reports):
 
-1. ``logits_float32``: kaon vs transformers, whole-prompt prefill logits, float32 (<= 1e-3).
-2. ``greedy_float32`` / ``greedy_bfloat16``: 16 greedy continuations, batched == one by one.
+1. ``float32``: kaon vs transformers, whole-prompt prefill logits, float32 (<= 1e-3).
+2. ``float32`` / ``bfloat16``: 16 greedy continuations, batched == one by one.
 3. ``logits_bfloat16``: kaon bf16 vs transformers f32, beside transformers bf16 vs f32; the stated
    tolerance: kaon's error <= 2 x transformers' own bf16 error + 0.02.
 4. ``throughput``: N prompts x M output tokens (ignore_eos), kaon ``LLM.generate`` (CUDA graphs)
@@ -210,8 +210,7 @@ class Check:
     def run(self) -> int:
         phases = [
             ("build_model", self.build_model),
-            ("logits_float32", self.logits_float32),
-            ("greedy_float32", lambda: self.greedy_phase("float32")),
+            ("float32", self.float32_engine),
             ("bfloat16", self.bfloat16_engine),
             ("decode_eager", self.decode_eager),
             ("hf_throughput", self.hf_throughput),
@@ -258,7 +257,9 @@ class Check:
                 "hbm_floor_ms_per_token": round(floor * 1e3, 4),
                 "hbm_floor_tokens_per_s": round(1 / floor, 1)}  # fmt: skip
 
-    def logits_float32(self) -> dict:
+    def float32_engine(self) -> dict:
+        """transformers' float32 logits (kept for the bf16 comparison), then one kaon float32
+        engine (CUDA graphs on unless on CPU): its logits, and greedy batched == alone."""
         prompts = make_prompts(self.sizes.num_logit_prompts, self.shape.vocab_size, seed=1)
         model = hf_model(self.model_dir, torch.float32, self.device)
         with torch.no_grad():
@@ -273,24 +274,17 @@ class Check:
                 (llm.engine.prompt_logits(ids).float().cpu() - reference).abs().max().item()
                 for ids, reference in zip(prompts, self.hf_float32_logits, strict=True)
             ]
+            logits = {"max_abs_diff": max(diffs), "tolerance": 1e-3, "passed": max(diffs) <= 1e-3,
+                      "prompt_lengths": [len(p) for p in prompts]}  # fmt: skip
+            return {"logits": logits, "greedy": self.greedy_phase(llm)}
         finally:
             release(llm)
-        return {"max_abs_diff": max(diffs), "tolerance": 1e-3, "passed": max(diffs) <= 1e-3,
-                "prompt_lengths": [len(p) for p in prompts]}  # fmt: skip
 
-    def greedy_phase(self, dtype: str, llm=None) -> dict:
+    def greedy_phase(self, llm) -> dict:
         prompts = make_prompts(self.sizes.num_greedy, self.shape.vocab_size, seed=2)
-        own = llm is None
-        if own:
-            llm = kaon_llm(self.model_dir, self.device.type, dtype, self.sizes,
-                           max_num_seqs=16, kv_cache_memory_bytes=2 * 1024**3)  # fmt: skip
-        try:
-            batched = greedy(llm, prompts, self.sizes.greedy_tokens)
-            alone = [greedy(llm, [prompt], self.sizes.greedy_tokens)[0] for prompt in prompts]
-            graphs = graph_info(llm)
-        finally:
-            if own:
-                release(llm)
+        batched = greedy(llm, prompts, self.sizes.greedy_tokens)
+        alone = [greedy(llm, [prompt], self.sizes.greedy_tokens)[0] for prompt in prompts]
+        graphs = graph_info(llm)
         equal = sum(a == b for a, b in zip(batched, alone, strict=True))
         first_diff = [
             next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), None)
@@ -308,10 +302,17 @@ class Check:
         else:
             options["kv_cache_memory_bytes"] = 256 * 1024**2
         llm = kaon_llm(self.model_dir, self.device.type, "bfloat16", sizes, **options)
-        result: dict[str, object] = {"cuda_graphs": graph_info(llm)}
+        from kaon.attention import triton_decode
+
+        result: dict[str, object] = {
+            "cuda_graphs": graph_info(llm),
+            "triton_decode_attention": (
+                triton_decode.self_test(self.device) if self.device.type == "cuda" else "n/a"
+            ),
+        }
         try:
             result["logits_bfloat16"] = self.logits_bfloat16(llm)
-            result["greedy_bfloat16"] = self.greedy_phase("bfloat16", llm)
+            result["greedy_bfloat16"] = self.greedy_phase(llm)
             result["throughput"] = self.kaon_throughput(llm)
             result["decode"] = self.single_stream(llm)
             result["graph_replay"] = graph_replay_timing(llm, self.device)
@@ -499,9 +500,9 @@ def verdict(phases: dict, toy: bool) -> dict:
     hf_tps = get("hf_throughput", "output_tokens_per_s")
     fraction = get("bfloat16", "decode", "fraction_of_hbm_floor")
     return {
-        "logits_float32_le_1e-3": get("logits_float32", "passed"),
+        "logits_float32_le_1e-3": get("float32", "logits", "passed"),
         "logits_bfloat16_within_stated_tolerance": get("bfloat16", "logits_bfloat16", "passed"),
-        "greedy_float32_16_of_16": get("greedy_float32", "passed"),
+        "greedy_float32_16_of_16": get("float32", "greedy", "passed"),
         "greedy_bfloat16_16_of_16": get("bfloat16", "greedy_bfloat16", "passed"),
         "throughput_ge_3x_transformers": (
             None if kaon_tps is None or not hf_tps else kaon_tps >= 3 * hf_tps

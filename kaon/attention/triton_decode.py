@@ -18,19 +18,65 @@ Triton is imported lazily: ``import kaon`` never needs it.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+logger = logging.getLogger(__name__)
+
 
 def supports(query: torch.Tensor, key_cache: torch.Tensor) -> bool:
     """Whether the kernel applies: CUDA tensors (or CPU ones under the interpreter), a block size
-    that is a power of two, and Triton importable."""
+    that is a power of two, Triton importable, and the kernel's self-test passed on this device
+    (``self_test``)."""
     block_size = key_cache.shape[1]
     if block_size & (block_size - 1) or not _on_triton_device(query):
         return False
-    return _kernel() is not None
+    return _kernel() is not None and self_test(query.device) == "ok"
+
+
+@functools.cache
+def self_test(device: torch.device) -> str:
+    """``ok``, or why the kernel is not used on ``device``: compiles and runs it once on a small
+    random case against a plain PyTorch softmax attention (max |diff| <= 1e-3, float32). A
+    kernel that fails to build or disagrees leaves decodes on the torch path instead of taking
+    the engine down. Run once per device and process (at the first decode or graph warm-up)."""
+    if _kernel() is None:
+        return "unavailable: Triton cannot be imported"
+    generator = torch.Generator().manual_seed(0)
+    num_blocks, block_size, num_kv_heads, head_dim, num_heads = 6, 16, 2, 64, 8
+    key_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim, generator=generator)
+    value_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim, generator=generator)
+    query = torch.randn(2, num_heads, head_dim, generator=generator)
+    block_tables = torch.tensor([[4, 1, 3], [2, 0, 0]])
+    seq_lens = torch.tensor([37, 5])
+    scale = head_dim**-0.5
+    try:
+        output = torch.zeros(2, num_heads, head_dim, device=device)
+        paged_decode_attention(
+            output, query.to(device), key_cache.to(device), value_cache.to(device),
+            block_tables.to(device), seq_lens.to(device), scale,
+        )  # fmt: skip
+        output = output.cpu()
+    except Exception as error:  # any build or launch failure: fall back to torch
+        logger.warning("Triton decode attention disabled: %r", error)
+        return f"failed: {error!r}"
+    worst = 0.0
+    for row in range(2):
+        length = int(seq_lens[row])
+        keys = key_cache[block_tables[row]].reshape(-1, num_kv_heads, head_dim)[:length]
+        values = value_cache[block_tables[row]].reshape(-1, num_kv_heads, head_dim)[:length]
+        keys = keys.repeat_interleave(num_heads // num_kv_heads, dim=1)  # [len, H, D]
+        values = values.repeat_interleave(num_heads // num_kv_heads, dim=1)
+        weights = (torch.einsum("hd,nhd->hn", query[row], keys) * scale).softmax(-1)
+        expected = torch.einsum("hn,nhd->hd", weights, values)
+        worst = max(worst, (expected - output[row]).abs().max().item())
+    if not worst <= 1e-3:
+        logger.warning("Triton decode attention disabled: max |diff| %.3g vs torch", worst)
+        return f"failed: max |diff| {worst:.3g} vs torch"
+    return "ok"
 
 
 def paged_decode_attention(

@@ -161,6 +161,7 @@ _TRITON_CHECK = textwrap.dedent(
     query = torch.randn(3, heads, head_dim)
     tables = torch.tensor([[3, 5, 7, 0], [1, 2, 0, 0], [9, 10, 11, 4]])
     seq_lens = torch.tensor([40, 17, 64])
+    assert triton_decode.self_test(torch.device("cpu")) == "ok"
     assert triton_decode.supports(query, key_cache)
     out = torch.zeros(3, heads, head_dim)
     triton_decode.paged_decode_attention(
