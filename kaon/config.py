@@ -39,6 +39,12 @@ class ModelConfig:
     quantization_group_size: int = _opt(
         32, "int4 inputs per scale/zero group: 32 (as GGUF Q4_0/Q4_1), 64, 128, 256"
     )
+    enforce_eager: bool = _opt(
+        False, "CUDA: run every step eagerly, without capturing CUDA graphs for decode steps"
+    )
+    max_cuda_graph_batch_size: int = _opt(
+        256, "CUDA: largest decode batch (rows) captured as a CUDA graph; larger ones run eagerly"
+    )
 
 
 @dataclass
@@ -52,7 +58,9 @@ class CacheConfig:
         "min(max_num_seqs, 4) sequences, at most 4 GiB and 25%% of total memory)",
     )
     kv_cache_memory_fraction: float | None = _opt(
-        None, "fraction of total device memory (RAM on CPU) for the KV cache, instead of a size"
+        None,
+        "fraction of memory for the KV cache, instead of a size: of the GPU memory free after "
+        "the weights are loaded on CUDA, of total RAM on CPU",
     )
     enable_prefix_caching: bool = _opt(True, "reuse the KV of shared prompt prefixes")
     kv_cache_dtype: str = _opt(
@@ -141,6 +149,7 @@ class EngineConfig:
                 f"got {self.cache_config.kv_cache_dtype!r}"
             )
         _positive("block_size", self.cache_config.block_size)
+        _positive("max_cuda_graph_batch_size", self.model_config.max_cuda_graph_batch_size)
         _positive("max_num_seqs", self.scheduler_config.max_num_seqs)
         _positive("max_num_batched_tokens", self.scheduler_config.max_num_batched_tokens)
         if self.model_config.max_model_len is not None:

@@ -69,3 +69,14 @@ def available_memory_bytes(device: torch.device) -> int:
     except OSError:
         pass
     return 4 * 1024**3  # no /proc: assume 4 GiB
+
+
+def to_device(values: list[int] | list[list[int]], dtype: torch.dtype, device: torch.device):
+    """A tensor of ``values`` on ``device``. On CUDA it is built in pinned host memory (torch's
+    caching host allocator, so no per-step cudaHostAlloc) and copied with ``non_blocking=True``:
+    the copy is queued on the current stream instead of blocking the host until the GPU is idle.
+    """
+    tensor = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return tensor if device.type == "cpu" else tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)

@@ -67,3 +67,9 @@ def fail_on_stop_string() -> str | None:
     this exact string raises while its output is processed, so tests can check that a failure
     in one request fails that request alone. Unset or empty: never."""
     return os.environ.get("KAON_TEST_FAIL_ON_STOP") or None
+
+
+def triton_interpret() -> bool:
+    """TRITON_INTERPRET=1 (Triton's own variable): Triton kernels run on CPU tensors through its
+    interpreter; kaon then lets its CUDA Triton kernels take CPU tensors (tests only)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip() == "1"

@@ -10,9 +10,11 @@ context through its block table; a cache of another dtype than the activations
 (``--kv-cache-dtype``) is cast on write and on read. Decodes are batched in one padded call (a mask
 hides slots past each request's length); float32 CPU decodes over a float32 cache instead use the
 gather-free C++ kernel of ``cpu_decode`` when it builds, with ``_decode_attention`` as its
-reference. Prefill chunks run one request at a time with a causal mask that is offset by the tokens
-already cached. Grouped-query attention (Ainslie et al. 2023) maps query head ``h`` to KV head
-``h // (num_heads // num_kv_heads)``, as Hugging Face's ``repeat_kv`` does.
+reference; CUDA decodes use the Triton kernel of ``triton_decode`` (gather-free, and with a fixed
+launch grid, so it can be captured in a CUDA graph). Prefill chunks run one request at a time
+with a causal mask that is offset by the tokens already cached. Grouped-query attention (Ainslie
+et al. 2023) maps query head ``h`` to KV head ``h // (num_heads // num_kv_heads)``, as Hugging
+Face's ``repeat_kv`` does.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from kaon.attention import cpu_decode
+from kaon.attention import cpu_decode, triton_decode
 from kaon.attention.metadata import AttentionMetadata
 
 
@@ -65,7 +67,7 @@ def paged_attention(
     num_decodes = metadata.num_decode_tokens
     if num_decodes:
         decode_query = query[:num_decodes]
-        kernel = _cpu_decode_kernel(decode_query, key_cache)
+        kernel = _decode_kernel(decode_query, key_cache)
         if kernel is not None:  # writes its rows of ``output`` in place
             block_tables, seq_lens = metadata.decode_block_tables, metadata.decode_seq_lens
             kernel(output, decode_query, key_cache, value_cache, block_tables, seq_lens, scale)
@@ -84,11 +86,14 @@ def paged_attention(
     return output.view(num_tokens, num_heads * head_dim)
 
 
-def _cpu_decode_kernel(query: torch.Tensor, key_cache: torch.Tensor) -> Callable[..., None] | None:
-    """The C++ decode kernel when it applies to these tensors and builds here, else None."""
-    if not cpu_decode.supports(query, key_cache):
-        return None
-    return cpu_decode.loaded_kernel()
+def _decode_kernel(query: torch.Tensor, key_cache: torch.Tensor) -> Callable[..., None] | None:
+    """The C++ decode kernel (CPU) or the Triton one (CUDA) when it applies to these tensors and
+    builds here, else None (the plain PyTorch ``_decode_attention``)."""
+    if cpu_decode.supports(query, key_cache):
+        return cpu_decode.loaded_kernel()
+    if query.is_cuda and triton_decode.supports(query, key_cache):
+        return triton_decode.paged_decode_attention
+    return None
 
 
 def _gather(cache: torch.Tensor, block_ids: torch.Tensor, seq_len: int) -> torch.Tensor:

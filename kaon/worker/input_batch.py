@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from kaon.attention.metadata import AttentionMetadata, PrefillChunk
+from kaon.device import to_device
 from kaon.outputs import ScheduledRequest
 
 
@@ -61,7 +62,7 @@ class InputBatch:
         ]
         num_decode_rows = query_start_loc[len(decodes)]
         attention = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
+            slot_mapping=to_device(slots, torch.int64, device),
             num_decode_tokens=num_decode_rows,
             **_decode_tensors(decodes, block_size, device),
             prefills=[
@@ -70,12 +71,12 @@ class InputBatch:
             ],
         )
         return cls(
-            input_ids=torch.tensor(input_ids, dtype=torch.int64, device=device),
-            positions=torch.tensor(positions, dtype=torch.int64, device=device),
+            input_ids=to_device(input_ids, torch.int64, device),
+            positions=to_device(positions, torch.int64, device),
             attention=attention,
             requests=requests,
             query_start_loc=query_start_loc,
-            logits_indices=torch.tensor(logits_indices, dtype=torch.int64, device=device),
+            logits_indices=to_device(logits_indices, torch.int64, device),
             sampled_req_indices=sampled_req_indices,
             num_logits_rows=num_logits_rows,
         )
@@ -105,11 +106,11 @@ def _decode_tensors(
         block_ids[:max_blocks] + [0] * (max_blocks - len(block_ids[:max_blocks]))
         for block_ids, _ in rows
     ]
-    seq_lens_tensor = torch.tensor(seq_lens, dtype=torch.int64, device=device)
+    seq_lens_tensor = to_device(seq_lens, torch.int64, device)
     slots = torch.arange(max_blocks * block_size, device=device)
     mask = (slots.unsqueeze(0) < seq_lens_tensor.unsqueeze(1)).view(len(rows), 1, 1, -1)
     return {
-        "decode_block_tables": torch.tensor(table, dtype=torch.int64, device=device),
+        "decode_block_tables": to_device(table, torch.int64, device),
         "decode_seq_lens": seq_lens_tensor,
         "decode_mask": mask,
     }
@@ -129,6 +130,6 @@ def _prefill_chunk(
         query_start=query_start,
         query_len=query_len,
         num_context_tokens=num_context,
-        block_ids=torch.tensor(request.block_ids, dtype=torch.int64, device=device),
+        block_ids=to_device(request.block_ids, torch.int64, device),
         mask=mask,
     )

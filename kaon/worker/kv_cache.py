@@ -45,14 +45,16 @@ def kv_cache_budget_bytes(
     memory_fraction: float | None = None,
 ) -> int:
     """The default KV cache size in bytes (see ``DEFAULT_KV_CACHE_*``); with
-    ``memory_fraction``, that fraction of the device's total memory.
+    ``memory_fraction``, that fraction of the device's total memory on CPU, and of its free
+    memory on CUDA (``fraction_budget_bytes``).
 
     Raises:
         ValueError: naming the flags when one ``max_model_len`` sequence alone exceeds the bound.
     """
     total = total_memory_bytes(device)
     if memory_fraction is not None:
-        return int(total * memory_fraction)
+        free = available_memory_bytes(device) if device.type == "cuda" else None
+        return fraction_budget_bytes(memory_fraction, total, free)
     per_sequence = -(-max_model_len // block_size) * bytes_per_block(config, block_size, dtype)
     bound = min(DEFAULT_KV_CACHE_CAP_BYTES, int(total * DEFAULT_KV_CACHE_TOTAL_FRACTION))
     if per_sequence > bound:
@@ -63,6 +65,31 @@ def kv_cache_budget_bytes(
             "--max-model-len, or set --kv-cache-memory-bytes"
         )
     return min(per_sequence * min(max_num_seqs, DEFAULT_KV_CACHE_SEQS), bound)
+
+
+# CUDA: memory kept free beside the KV cache for activations, the sampler and CUDA graphs.
+CUDA_ACTIVATION_RESERVE_BYTES = 1024**3
+
+
+def fraction_budget_bytes(fraction: float, total_bytes: int, free_bytes: int | None) -> int:
+    """``kv_cache_memory_fraction`` in bytes: of ``total_bytes`` on CPU (``free_bytes`` None, so
+    the size does not depend on what else the machine runs); on CUDA, of ``free_bytes`` (free
+    GPU memory once the weights are loaded, as vLLM sizes its cache after loading) less
+    ``CUDA_ACTIVATION_RESERVE_BYTES`` for activations and graphs.
+
+    Raises:
+        ValueError: naming ``kv_cache_memory_fraction`` when nothing is left for the cache.
+    """
+    if free_bytes is None:
+        return int(total_bytes * fraction)
+    budget = int((free_bytes - CUDA_ACTIVATION_RESERVE_BYTES) * fraction)
+    if budget <= 0:
+        raise ValueError(
+            f"kv_cache_memory_fraction {fraction}: only {free_bytes / 2**20:.0f} MiB of GPU "
+            "memory is free after loading the weights, less than the "
+            f"{CUDA_ACTIVATION_RESERVE_BYTES >> 20} MiB kept for activations"
+        )
+    return budget
 
 
 def num_blocks_for_budget(

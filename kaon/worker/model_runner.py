@@ -19,6 +19,7 @@ from kaon.sample.grammar import apply_token_bitmask
 from kaon.sample.sampler import Sampler, SamplerOutput, compute_prompt_logprobs
 from kaon.sampling_params import SamplingParams
 from kaon.spec_decode.rejection_sampler import verify_drafts
+from kaon.worker.cuda_graphs import DecodeCudaGraphs
 from kaon.worker.grammar_inputs import add_grammar_bitmask
 from kaon.worker.input_batch import InputBatch
 from kaon.worker.sampling_inputs import build_sampling_metadata
@@ -56,6 +57,8 @@ class ModelRunner:
             attention.value_cache = value_cache
         self.requests: dict[str, CachedRequestState] = {}
         self.sampler = Sampler()
+        # Set by the Worker on CUDA (kaon/worker/cuda_graphs.py): decode steps replay graphs.
+        self.cuda_graphs: DecodeCudaGraphs | None = None
 
     @torch.inference_mode()
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
@@ -63,8 +66,12 @@ class ModelRunner:
         if scheduler_output.is_empty:
             return ModelRunnerOutput([], [])
         batch = InputBatch.build(scheduler_output.scheduled_requests, self.block_size, self.device)
-        with forward_context(batch.attention):
-            hidden = self.model(batch.input_ids, batch.positions)  # [num_tokens, hidden_size]
+        graphs = self.cuda_graphs
+        if graphs is not None and graphs.can_run(batch.attention, len(batch.input_ids)):
+            hidden = graphs.run(batch.input_ids, batch.positions, batch.attention)
+        else:
+            with forward_context(batch.attention):
+                hidden = self.model(batch.input_ids, batch.positions)  # [num_tokens, hidden_size]
         output = ModelRunnerOutput([], [])
         self._prompt_logprobs(batch, hidden, output)
         if not batch.sampled_req_indices:

@@ -21,6 +21,7 @@ from kaon.models.loader import load_model
 from kaon.outputs import ScheduledRequest, SchedulerOutput
 from kaon.startup import log_step
 from kaon.worker.cpu_kernels import load_cpu_kernels, pack_linear_weights_for_cpu
+from kaon.worker.cuda_graphs import build_decode_graphs, graphs_supported
 from kaon.worker.input_batch import InputBatch
 from kaon.worker.kv_cache import allocate_kv_cache, num_blocks_for_budget
 from kaon.worker.model_runner import ModelRunner
@@ -91,9 +92,12 @@ class Worker:
         """Allocate ``num_blocks`` KV cache blocks for this rank's KV heads; build the runner."""
         block_size = self.config.cache_config.block_size
         start = time.perf_counter()
+        use_graphs = self._use_cuda_graphs()
+        # With CUDA graphs, one more block than the pool hands out: padded graph rows write it.
         kv_caches = allocate_kv_cache(
-            self.loaded.model.config, num_blocks, block_size, self.kv_cache_dtype, self.device
-        )
+            self.loaded.model.config, num_blocks + int(use_graphs), block_size,
+            self.kv_cache_dtype, self.device,
+        )  # fmt: skip
         num_bytes = sum(2 * key.numel() * key.element_size() for key, _ in kv_caches)
         logger.info("allocated the KV cache: %d blocks of %d tokens, %.0f MiB %s, in %.1f s",
                     num_blocks, block_size, num_bytes / 2**20, self.kv_cache_dtype,
@@ -102,6 +106,20 @@ class Worker:
         self.model_runner = ModelRunner(
             self.loaded.model, kv_caches, block_size, self.eos_token_ids, self.device
         )
+        if use_graphs:
+            self.model_runner.cuda_graphs = build_decode_graphs(
+                self.config, self.loaded.model, padding_block=num_blocks, device=self.device
+            )
+
+    def _use_cuda_graphs(self) -> bool:
+        """CUDA graphs for decode steps unless ``enforce_eager`` or unsupported here."""
+        if self.config.model_config.enforce_eager:
+            return False
+        tp_size = 1 if self.tp_group is None else self.tp_group.world_size
+        reason = graphs_supported(self.loaded.model, self.device, tp_size)
+        if reason is not None and self.device.type == "cuda":
+            logger.info("CUDA graphs off: %s", reason)
+        return reason is None
 
     def execute_model(self, scheduler_output: SchedulerOutput):
         assert self.model_runner is not None, "initialize_cache first"
