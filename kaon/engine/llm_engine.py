@@ -196,7 +196,10 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Run one scheduling step and return the outputs of the requests that progressed."""
         scheduler_output = self.scheduler.schedule()
-        self.structured_output_manager.grammar_bitmask(scheduler_output, self.scheduler.requests)
+        # Grammar bitmasks fill on a thread during the forward pass; the sampler joins them.
+        self.structured_output_manager.grammar_bitmask(
+            scheduler_output, self.scheduler.requests, overlap=True
+        )
         runner_output = self.executor.execute_model(scheduler_output)
         engine_outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
         request_outputs, stopped = self.output_processor.process_outputs(engine_outputs)
