@@ -53,7 +53,8 @@ class SchedulerOutput:
     finished_req_ids: set[str] = field(default_factory=set)  # runner drops their state
     # Structured outputs (filled by the engine after scheduling): request id -> row of
     # grammar_bitmask, a numpy int32 [num_rows, cdiv(vocab_size, 32)] array whose bit i of a row
-    # is set when token i is allowed. Only requests that sample this step and have a grammar.
+    # is set when token i is allowed (or a concurrent.futures.Future of it, being filled during
+    # the forward pass). Only requests that sample this step and have a grammar.
     structured_output_request_ids: dict[str, int] = field(default_factory=dict)
     grammar_bitmask: Any = None
 

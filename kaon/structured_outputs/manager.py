@@ -1,8 +1,10 @@
 """StructuredOutputManager: compiles grammars off the engine loop and fills token bitmasks.
 
     create_request(params) -- validate (sync) --> cached template Future (thread pool compile)
-    grammar_bitmask(scheduler_output) -- one llguidance call for all constrained rows -->
+    grammar_bitmask(scheduler_output) -- llguidance, row by row (on a worker thread while the
+        forward pass runs, with overlap=True) -->
         SchedulerOutput.grammar_bitmask [num_constrained_rows, cdiv(vocab_size, 32)] int32
+        (or a Future of it)
 
 Compiled templates are cached per grammar (the text of the constraint) for this engine's
 tokenizer, so repeated schemas compile once. The llguidance tokenizer (~1 s to build for a 49k
@@ -15,6 +17,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -29,6 +32,8 @@ from kaon.structured_outputs.grammar import grammar_from_params
 from kaon.structured_outputs.request import StructuredOutputRequest
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from kaon.request import Request
     from kaon.tokenizer import Tokenizer
 
@@ -60,6 +65,11 @@ class StructuredOutputManager:
         self._ll_tokenizer: llguidance.LLTokenizer | None = None
         self._templates: OrderedDict[str, Future[llguidance.LLMatcher]] = OrderedDict()
         self.compile_seconds: dict[str, float] = {}  # grammar -> seconds its compile took
+        # Requests that may still sample (a finished one is dropped with its Request).
+        self._live_requests: weakref.WeakSet[StructuredOutputRequest] = weakref.WeakSet()
+        self._fill_thread: ThreadPoolExecutor | None = None  # grammar_bitmask(overlap=True)
+        self._pending: _PendingBitmask | None = None  # the fill in flight, if any
+        self._bitmask_buffer = llguidance.numpy.allocate_token_bitmask(0, self.vocab_size)
 
     # ------------------------------------------------------------------ admission
 
@@ -85,7 +95,9 @@ class StructuredOutputManager:
                     self._templates.popitem(last=False)
             else:
                 self._templates.move_to_end(grammar)
-        return StructuredOutputRequest(request_id, template)
+        request = StructuredOutputRequest(request_id, template, fence=self.wait_for_fill)
+        self._live_requests.add(request)
+        return request
 
     def _compile(self, grammar: str) -> llguidance.LLMatcher:
         start = time.perf_counter()
@@ -109,11 +121,24 @@ class StructuredOutputManager:
     # ------------------------------------------------------------------ each step
 
     def grammar_bitmask(
-        self, scheduler_output: SchedulerOutput, requests: dict[str, Request]
+        self,
+        scheduler_output: SchedulerOutput,
+        requests: dict[str, Request],
+        overlap: bool = False,
     ) -> None:
         """Fill ``scheduler_output.grammar_bitmask`` for the constrained requests that sample
         this step (bit ``i`` of row ``r`` set = token ``i`` allowed) and map their ids to rows
-        in ``structured_output_request_ids``. Leaves both empty when no row is constrained."""
+        in ``structured_output_request_ids``. Leaves both empty when no row is constrained.
+
+        With ``overlap`` the rows are filled on a worker thread (llguidance releases the GIL) and
+        ``grammar_bitmask`` is a ``Future`` of the array, so the engine runs the forward pass
+        meanwhile; the runner joins it right before sampling. A matcher is never touched by two
+        threads: every access through ``StructuredOutputRequest.matcher`` waits for the fill.
+        The array is a view of a buffer reused by the next call.
+        """
+        self.wait_for_fill()
+        if not self._live_requests:  # no constrained request anywhere: nothing to look at
+            return
         matchers: list[tuple[llguidance.LLMatcher, int]] = []
         failed: list[int] = []  # rows whose grammar failed to compile: eos only
         rows: dict[str, int] = {}
@@ -131,7 +156,42 @@ class StructuredOutputManager:
                 matchers.append((matcher, row))
         if not rows:
             return
-        bitmask = llguidance.numpy.allocate_token_bitmask(len(rows), self.vocab_size)
+        bitmask = self._bitmask_rows(len(rows))
+        scheduler_output.structured_output_request_ids = rows
+        if not overlap:
+            scheduler_output.grammar_bitmask = self._fill(bitmask, matchers, failed)
+            return
+        if self._fill_thread is None:
+            self._fill_thread = ThreadPoolExecutor(1, thread_name_prefix="kaon-grammar-mask")
+        pending = _PendingBitmask()
+        self._pending = pending
+        self._fill_thread.submit(pending.run, self._fill, bitmask, matchers, failed)
+        scheduler_output.grammar_bitmask = pending
+
+    def wait_for_fill(self) -> None:
+        """Block until the bitmask fill started by the last ``grammar_bitmask`` is done (its
+        error, if any, is the runner's to raise)."""
+        pending = self._pending
+        if pending is not None:
+            pending.exception()  # waits; never raises the fill's error
+            self._pending = None
+
+    def _bitmask_rows(self, num_rows: int) -> np.ndarray:
+        """[num_rows, cdiv(vocab_size, 32)] int32, a view of a buffer kept between steps."""
+        if self._bitmask_buffer.shape[0] < num_rows:
+            capacity = max(num_rows, 2 * self._bitmask_buffer.shape[0])
+            self._bitmask_buffer = llguidance.numpy.allocate_token_bitmask(
+                capacity, self.vocab_size
+            )
+        return self._bitmask_buffer[:num_rows]
+
+    def _fill(
+        self,
+        bitmask: np.ndarray,
+        matchers: list[tuple[llguidance.LLMatcher, int]],
+        failed: list[int],
+    ) -> np.ndarray:
+        """Each row's allowed tokens from its matcher (every word is written)."""
         if len(matchers) == 1 or _MASK_THREADS < 2:
             for matcher, row in matchers:
                 llguidance.numpy.fill_next_token_bitmask(matcher, bitmask, row)
@@ -139,15 +199,33 @@ class StructuredOutputManager:
             if self._mask_executor is None:
                 self._mask_executor = llguidance.LLExecutor(_MASK_THREADS)
             llguidance.numpy.fill_next_token_bitmask_par(self._mask_executor, matchers, bitmask)
-        failed += [row for matcher, row in matchers if matcher.is_error()]
+        failed = failed + [row for matcher, row in matchers if matcher.is_error()]
+        words = bitmask.view(np.uint32)
         for row in failed:  # only eos left: end the request rather than go unchecked
-            words = bitmask.view(np.uint32)
             words[row] = 0
             for token_id in self._eos_token_ids:
                 words[row, token_id // 32] |= np.uint32(1 << (token_id % 32))
-        scheduler_output.grammar_bitmask = bitmask
-        scheduler_output.structured_output_request_ids = rows
+        return bitmask
 
     def shutdown(self) -> None:
         if self._compile_pool is not None:
             self._compile_pool.shutdown(wait=False, cancel_futures=True)
+        if self._fill_thread is not None:
+            self._fill_thread.shutdown(wait=True)
+
+
+class _PendingBitmask(Future):
+    """The bitmask a worker thread is filling: ``result()`` is the numpy array.
+
+    A tensor-parallel executor pickles the SchedulerOutput for its other ranks: it then waits
+    for the fill and sends the array itself.
+    """
+
+    def run(self, fill: Callable[..., np.ndarray], *args: object) -> None:
+        try:
+            self.set_result(fill(*args))
+        except BaseException as error:  # raised by the runner's result() on the engine thread
+            self.set_exception(error)
+
+    def __reduce__(self) -> tuple[Callable[..., np.ndarray], tuple[np.ndarray]]:
+        return np.asarray, (self.result(),)

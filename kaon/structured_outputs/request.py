@@ -8,6 +8,7 @@ Preemption with recompute keeps a request's generated tokens, so the matcher kee
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import Future
 
 import llguidance
@@ -22,9 +23,16 @@ class StructuredOutputRequest:
     advanced; each request advances its own ``deep_copy``.
     """
 
-    def __init__(self, request_id: str, template: Future[llguidance.LLMatcher]) -> None:
+    def __init__(
+        self,
+        request_id: str,
+        template: Future[llguidance.LLMatcher],
+        fence: Callable[[], None] | None = None,
+    ) -> None:
         self.request_id = request_id
         self._template = template
+        # Waits for the manager's bitmask fill in flight: it may be reading this matcher.
+        self._fence = fence
         self._matcher: llguidance.LLMatcher | None = None
         self._failed = False  # the compile raised
         self.num_accepted_tokens = 0
@@ -45,6 +53,8 @@ class StructuredOutputRequest:
     def matcher(self) -> llguidance.LLMatcher | None:
         """The request's matcher, or None when the compile raised (the request then ends at its
         next token). Only call once ``is_ready()``."""
+        if self._fence is not None:
+            self._fence()
         if self._matcher is None and not self._failed:
             assert self._template.done(), "grammar still compiling"
             try:

@@ -121,3 +121,27 @@ def test_preemption_keeps_constrained_outputs(llm):
         assert_all_blocks_free(small)
     finally:
         small.close()
+
+
+def test_bitmask_fill_on_a_thread_gives_the_same_tokens(llm):
+    """The grammar bitmask filled on a worker thread during the forward pass (the engine's
+    choice when a core is free) and filled before it give the same tokens, constrained rows
+    and unconstrained ones alike."""
+    params = [
+        _constrained("person", temperature=0, max_tokens=40),
+        SamplingParams(temperature=0, max_tokens=12),
+        _constrained("enum_color", temperature=1.0, seed=3, max_tokens=40),
+    ]
+    prompts = ["A person:", "The sky is", "A color:"]
+    engine = llm.engine
+    before = engine._overlap_grammar
+    try:
+        engine._overlap_grammar = False
+        reference = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+        engine._overlap_grammar = True
+        outputs = llm.generate(prompts, params, use_tqdm=False)
+    finally:
+        engine._overlap_grammar = before
+    assert [o.outputs[0].token_ids for o in outputs] == reference
+    jsonschema.validate(json.loads(outputs[0].outputs[0].text), SCHEMAS["person"])
+    jsonschema.validate(json.loads(outputs[2].outputs[0].text), SCHEMAS["enum_color"])

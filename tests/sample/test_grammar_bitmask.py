@@ -1,6 +1,7 @@
 """The grammar bitmask in the sampler: only the listed rows change; llguidance's bit layout."""
 
 import numpy as np
+import pytest
 import torch
 
 from kaon.sample.grammar import apply_token_bitmask
@@ -45,3 +46,33 @@ def test_sampler_greedy_and_random_respect_the_mask():
         grammar_rows=torch.tensor([0, 1]), grammar_bitmask=_bitmask([[2, 3], [0]], 4),
     )  # fmt: skip
     assert Sampler()(logits, metadata).sampled_token_ids.tolist() == [3, 0]
+
+
+def _reference(logits: torch.Tensor, rows: list[int], allowed: list[list[int]]) -> torch.Tensor:
+    expected = logits.clone()
+    for row, allowed_ids in zip(rows, allowed, strict=True):
+        keep = torch.zeros(logits.shape[1], dtype=torch.bool)
+        keep[allowed_ids] = True
+        expected[row] = expected[row].masked_fill(~keep, NEG_INF)
+    return expected
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows", [[0, 1, 2, 3], [1, 3], [0]])
+def test_cpu_path_matches_masked_fill_bit_for_bit(dtype, rows):
+    generator = torch.Generator().manual_seed(1)
+    vocab_size = 1000
+    logits = torch.randn(4, vocab_size, generator=generator).to(dtype)
+    logits[0, 7] = float("nan")
+    logits[1, 9] = float("inf")
+    allowed = [
+        torch.randperm(vocab_size, generator=generator)[: 3 + 200 * index].tolist()
+        for index in range(len(rows))
+    ]
+    expected = _reference(logits, rows, allowed)
+    out = apply_token_bitmask(logits, torch.tensor(rows), _bitmask(allowed, vocab_size))
+    assert out.data_ptr() == logits.data_ptr()  # in place
+    assert torch.equal(
+        out.view(torch.int16 if dtype != torch.float32 else torch.int32),
+        expected.view(torch.int16 if dtype != torch.float32 else torch.int32),
+    )

@@ -198,3 +198,27 @@ def test_seeded_sampling_reproducible_with_speculation(spec_llm):
     assert first == again and len(set(map(tuple, first))) > 1
     assert drafter.stats.num_accepted_tokens > 0
     assert_all_blocks_free(spec_llm)
+
+
+def test_constrained_rows_among_drafted_rows(llm, spec_llm):
+    """Verification masks the constrained rows (they get no drafts) between drafted ones: the
+    same greedy tokens as speculation off, the JSON valid, the drafted rows unchanged."""
+    import json
+
+    import jsonschema
+
+    from kaon import StructuredOutputsParams
+    from kaon.benchmarks.structured_schemas import SCHEMAS
+
+    structured = StructuredOutputsParams(json=SCHEMAS["person"])
+    constrained = SamplingParams(temperature=0, max_tokens=40, structured_outputs=structured)
+    # Four unconstrained rows to the end keep every batch at 4+ rows (see the module docstring).
+    free = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    params = [free, constrained, free, free, constrained, free]
+    prompts = [PROMPTS[0], "A person:", PROMPTS[1], PROMPTS[2], "Another person:", PROMPTS[3]]
+    expected = token_ids(llm.generate(prompts, params, use_tqdm=False))
+    outputs = spec_llm.generate(prompts, params, use_tqdm=False)
+    assert token_ids(outputs) == expected
+    for index in (1, 4):
+        jsonschema.validate(json.loads(outputs[index].outputs[0].text), SCHEMAS["person"])
+    assert_all_blocks_free(spec_llm)

@@ -98,3 +98,38 @@ def test_same_constraint_compiles_once(manager):
     for index in range(3):
         manager.create_request(f"r{index}", params).wait(timeout=60)
     assert len(manager.compile_seconds) == before + 1
+
+
+def test_overlapped_fill_matches_the_synchronous_one(manager, smollm2_tokenizer):
+    """grammar_bitmask(overlap=True) fills on a thread: the same rows once joined, a pickled
+    SchedulerOutput carries the array, and the matcher waits for the fill before it advances."""
+    import pickle
+    from concurrent.futures import Future
+
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    requests = {
+        name: _request(manager, name, StructuredOutputsParams(json=schema)) for name in "xy"
+    }
+    requests["free"] = Request("free", [1, 2, 3], SamplingParams())
+    (brace,) = smollm2_tokenizer.encode("{", add_special_tokens=False)
+    assert requests["y"].structured_output_request.accept_token(brace) is False
+    synchronous = _step(["x", "free", "y"])
+    manager.grammar_bitmask(synchronous, requests)
+    expected = synchronous.grammar_bitmask.copy()
+    overlapped = _step(["x", "free", "y"])
+    manager.grammar_bitmask(overlapped, requests, overlap=True)
+    assert isinstance(overlapped.grammar_bitmask, Future)
+    assert overlapped.structured_output_request_ids == {"x": 0, "y": 1}
+    assert np.array_equal(pickle.loads(pickle.dumps(overlapped)).grammar_bitmask, expected)
+    assert np.array_equal(overlapped.grammar_bitmask.result(), expected)
+    assert requests["x"].structured_output_request.accept_token(brace) is False
+
+
+def test_no_constrained_request_leaves_the_step_untouched(smollm2_tokenizer):
+    manager = StructuredOutputManager(
+        smollm2_tokenizer, smollm2_tokenizer.vocab_size, smollm2_tokenizer.eos_token_ids
+    )
+    output = _step(["free"])
+    manager.grammar_bitmask(output, {"free": Request("free", [1], SamplingParams())}, True)
+    assert output.grammar_bitmask is None and output.structured_output_request_ids == {}
+    manager.shutdown()
