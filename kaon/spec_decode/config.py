@@ -31,6 +31,11 @@ class SpeculativeConfig:
     # Per-request back-off: after a draft with no accepted token, skip drafting for
     # 2 ** consecutive_misses - 1 steps, at most this many.
     max_backoff_steps: int = 16
+    # Per-request draft length: position L of a draft is proposed only while the estimated
+    # chance that it is accepted, alpha ** L (alpha: the request's recent per-token acceptance
+    # rate), is at least this. An extra verify row costs a fraction of a decode step; it pays
+    # off when its expected accepted tokens exceed that fraction.
+    draft_acceptance_threshold: float = 0.3
 
     @classmethod
     def parse(cls, value: object) -> SpeculativeConfig | None:
@@ -79,6 +84,16 @@ class SpeculativeConfig:
             raise ValueError("speculative_config.max_backoff_steps must be an integer")
         if self.max_backoff_steps < 0:
             raise ValueError("speculative_config.max_backoff_steps must be >= 0")
+        threshold = self.draft_acceptance_threshold
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, (int, float))
+            or not 0 <= threshold < 1
+        ):
+            raise ValueError(
+                "speculative_config.draft_acceptance_threshold must be a number in [0, 1), "
+                f"got {threshold!r}"
+            )
         if self.prompt_lookup_min > self.prompt_lookup_max:
             raise ValueError(
                 f"speculative_config.prompt_lookup_min ({self.prompt_lookup_min}) must not exceed "

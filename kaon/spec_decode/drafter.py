@@ -7,14 +7,18 @@ acceptance statistics:
                     ``max_num_verify_rows`` (beyond that a CPU forward is compute-bound and each
                     rejected draft row costs throughput)
     per request     after a draft with nothing accepted, skip 2**misses - 1 steps (at most
-                    ``max_backoff_steps``); the draft length follows the last acceptance
-                    (accepted + 1, back up to k after a fully accepted draft)
+                    ``max_backoff_steps``); the draft length follows the request's recent
+                    per-token acceptance rate alpha (a decayed count of accepted draft tokens
+                    over accepted + rejected ones): the longest L <= k with
+                    alpha ** L >= ``draft_acceptance_threshold`` (at least 1), so drafts
+                    grow to k on text the proposer predicts well and shrink where it does not
     budget          never more drafts than max_tokens (or max_model_len) leaves after the bonus
                     token, so a step never overshoots
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from kaon.request import Request
@@ -40,11 +44,43 @@ class SpecDecodeStats:
         return 1.0 + self.num_accepted_tokens / self.num_drafts
 
 
+# Acceptance-rate estimate: every verification's counts are added to a decayed sum (weight
+# ACCEPTANCE_DECAY ** age, about the last five verifications), starting from a prior of
+# PRIOR_TRIALS draft tokens with an acceptance rate of PRIOR_RATE.
+ACCEPTANCE_DECAY = 0.8
+PRIOR_TRIALS = 2.0
+PRIOR_RATE = 0.8
+
+
 @dataclass
 class _RequestState:
     num_misses: int = 0  # consecutive drafts with nothing accepted
     skip_steps: int = 0  # steps left without drafting
-    max_draft: int = 0  # current draft length cap
+    accepted: float = PRIOR_TRIALS * PRIOR_RATE  # decayed accepted draft tokens
+    trials: float = PRIOR_TRIALS  # decayed accepted + rejected draft tokens
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Estimated chance that the next draft token is accepted (alpha)."""
+        return self.accepted / self.trials
+
+    def update(self, num_draft_tokens: int, num_accepted: int) -> None:
+        """Count ``num_accepted`` accepted tokens and, when the draft stopped early, the one
+        rejected token (the tokens after it were never judged)."""
+        rejected = 1 if num_accepted < num_draft_tokens else 0
+        self.accepted = self.accepted * ACCEPTANCE_DECAY + num_accepted
+        self.trials = self.trials * ACCEPTANCE_DECAY + num_accepted + rejected
+
+
+def draft_length(acceptance_rate: float, threshold: float, max_length: int) -> int:
+    """The longest L in 1 .. max_length with acceptance_rate ** L >= threshold (1 if none):
+    position L of a draft is accepted with probability about acceptance_rate ** L."""
+    if acceptance_rate >= 1.0 or threshold <= 0.0:
+        return max_length
+    if acceptance_rate <= 0.0:
+        return 1
+    length = math.floor(math.log(threshold) / math.log(acceptance_rate) + 1e-9)
+    return max(1, min(max_length, length))
 
 
 class Drafter:
@@ -72,9 +108,7 @@ class Drafter:
     def propose(self, request: Request, max_num_tokens: int) -> list[int]:
         """Draft tokens after ``request``'s last token, at most ``max_num_tokens`` (and the
         request's own caps); empty while it backs off or when nothing matches."""
-        state = self._states.setdefault(
-            request.request_id, _RequestState(max_draft=self.config.num_speculative_tokens)
-        )
+        state = self._states.setdefault(request.request_id, _RequestState())
         # Grammar-constrained requests (structured outputs, where present) are not drafted for:
         # their sampler mask would have to advance through each draft position.
         if getattr(request.sampling_params, "structured_outputs", None) is not None:
@@ -82,7 +116,12 @@ class Drafter:
         if state.skip_steps > 0:
             state.skip_steps -= 1
             return []
-        limit = min(max_num_tokens, state.max_draft, self._room(request))
+        length = draft_length(
+            state.acceptance_rate,
+            self.config.draft_acceptance_threshold,
+            self.config.num_speculative_tokens,
+        )
+        limit = min(max_num_tokens, length, self._room(request))
         if limit < 1:
             return []
         if self._suffix is not None:
@@ -109,15 +148,12 @@ class Drafter:
         state = self._states.get(request_id)
         if state is None:
             return
-        k = self.config.num_speculative_tokens
+        state.update(num_draft_tokens, num_accepted)
         if num_accepted == 0:
             state.num_misses += 1
             state.skip_steps = min(2**state.num_misses - 1, self.config.max_backoff_steps)
-            state.max_draft = 1
         else:
             state.num_misses = 0
-            full = num_accepted == num_draft_tokens
-            state.max_draft = min(k, num_accepted + 1 if not full else state.max_draft * 2)
 
     def finish(self, request: Request) -> None:
         """Forget a finished request (its output feeds suffix decoding's shared index)."""

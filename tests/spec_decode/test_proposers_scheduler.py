@@ -15,7 +15,7 @@ from kaon.request import Request
 from kaon.sample.metadata import SamplingMetadata
 from kaon.sampling_params import SamplingParams
 from kaon.spec_decode.config import SpeculativeConfig
-from kaon.spec_decode.drafter import Drafter
+from kaon.spec_decode.drafter import Drafter, draft_length
 from kaon.spec_decode.ngram_proposer import NgramProposer
 from kaon.spec_decode.rejection_sampler import verify_drafts
 from kaon.spec_decode.suffix_proposer import SuffixProposer
@@ -31,6 +31,8 @@ from kaon.spec_decode.suffix_proposer import SuffixProposer
         ({"prompt_lookup_min": 5, "prompt_lookup_max": 3}, "speculative_config.prompt_lookup_min"),
         ({"prompt_lookup_min": 0}, "speculative_config.prompt_lookup_min"),
         ({"num_speculative_tokens": "4"}, "speculative_config.num_speculative_tokens"),
+        ({"draft_acceptance_threshold": 1.0}, "speculative_config.draft_acceptance_threshold"),
+        ({"draft_acceptance_threshold": "0.3"}, "speculative_config.draft_acceptance_threshold"),
         ({"draft_model": "x"}, "speculative_config.draft_model"),
         ("not json", "speculative_config must be a JSON object"),
     ],
@@ -95,6 +97,16 @@ def test_suffix_proposer_walks_the_most_frequent_continuation():
     assert proposer.propose("d", [6, 7, 8], 2) == []
 
 
+def test_draft_length_follows_the_acceptance_rate():
+    # the longest L with alpha ** L >= threshold, within 1 .. k
+    assert draft_length(0.9, 0.3, 8) == 8  # 0.9 ** 8 = 0.43
+    assert draft_length(0.9, 0.3, 20) == 11  # 0.9 ** 11 = 0.31, 0.9 ** 12 = 0.28
+    assert draft_length(0.7, 0.3, 8) == 3  # 0.343 / 0.240
+    assert draft_length(0.2, 0.3, 8) == 1  # never below one token (back-off turns it off)
+    assert draft_length(1.0, 0.3, 5) == 5 and draft_length(0.0, 0.3, 5) == 1
+    assert draft_length(0.5, 0.0, 6) == 6
+
+
 def test_drafter_caps_by_max_tokens_and_backs_off():
     config = SpeculativeConfig(num_speculative_tokens=4, prompt_lookup_min=1, max_backoff_steps=3)
     drafter = Drafter(config, max_model_len=100)
@@ -109,12 +121,21 @@ def test_drafter_caps_by_max_tokens_and_backs_off():
     assert drafter.propose(request, 8) == [4]
     drafter.record("s", 1, 0)  # second miss in a row: skip 3 steps
     assert [drafter.propose(request, 8) for _ in range(4)] == [[], [], [], [4]]
-    drafter.record("s", 1, 1)  # fully accepted: the cap doubles
-    assert drafter.propose(request, 8) == [4, 1]
+    drafter.record("s", 1, 1)  # accepted: alpha = 1.82 / 3.46 = 0.53, 0.53 ** 2 < 0.3
+    assert drafter.propose(request, 8) == [4]
     stats = drafter.stats
     assert (stats.num_drafts, stats.num_draft_tokens, stats.num_accepted_tokens) == (3, 4, 1)
     assert stats.num_accepted_tokens_per_pos == [1, 0, 0, 0]
     assert stats.mean_acceptance_length == pytest.approx(1 + 1 / 3)
+    # Fully accepted drafts: the draft grows to k (alpha 0.65 -> 2 tokens, 0.79 -> 4) ...
+    drafter.record("s", 1, 1)
+    assert drafter.propose(request, 8) == [4, 1]
+    drafter.record("s", 2, 2)
+    assert drafter.propose(request, 8) == [4, 1, 2, 3]
+    drafter.record("s", 4, 4)
+    # ... and one early rejection among many acceptances keeps it long (alpha 0.79).
+    drafter.record("s", 4, 1)
+    assert drafter.propose(request, 8) == [4, 1, 2, 3]
     assert drafter.row_budget(3) == 5 and drafter.row_budget(9) == 0
 
 
