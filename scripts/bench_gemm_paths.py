@@ -16,7 +16,8 @@ bandwidth a perfect GEMV would reach). Fastest of ``--repeats`` timings, millise
 It also prints the BLAS library torch was built with, the CPU vendor, and the first lines of
 MKL_VERBOSE / ONEDNN_VERBOSE output for one call, which name the instruction set each library
 dispatched to. Run it under different MKL_* environment variables to compare (see
-docs/findings-gemm-amd.md). Shared machines give noisy absolute times: compare the paths within one run.
+docs/findings-gemm-amd.md). Shared machines give noisy absolute times: compare the paths within
+one run.
 """
 
 from __future__ import annotations
