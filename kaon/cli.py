@@ -123,9 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from kaon.entrypoints.openai.api_server import run_server
+    from kaon.entrypoints.serve import serve
 
-    return run_server(args)
+    return serve(args)
 
 
 def _check_arguments(args: argparse.Namespace) -> None:

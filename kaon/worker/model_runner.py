@@ -8,7 +8,6 @@ reports the request finished. It never sees the scheduler's Request objects.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 
 import torch
 
@@ -17,23 +16,12 @@ from kaon.models.llama import LlamaForCausalLM
 from kaon.outputs import Logprob, ModelRunnerOutput, PositionLogprobs, SchedulerOutput
 from kaon.sample.grammar import apply_token_bitmask
 from kaon.sample.sampler import Sampler, SamplerOutput, compute_prompt_logprobs
-from kaon.sampling_params import SamplingParams
 from kaon.spec_decode.rejection_sampler import verify_drafts
 from kaon.worker.cuda_graphs import DecodeCudaGraphs
 from kaon.worker.grammar_inputs import add_grammar_bitmask
 from kaon.worker.input_batch import InputBatch
+from kaon.worker.request_state import CachedRequestState
 from kaon.worker.sampling_inputs import build_sampling_metadata
-
-
-@dataclass
-class CachedRequestState:
-    request_id: str
-    prompt_token_ids: list[int]
-    sampling_params: SamplingParams
-    generator: torch.Generator | None
-    eos_token_ids: list[int]
-    output_token_ids: list[int] = field(default_factory=list)
-    prompt_logprobs: list[PositionLogprobs | None] = field(default_factory=list)
 
 
 class ModelRunner:

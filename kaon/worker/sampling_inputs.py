@@ -9,7 +9,7 @@ import torch
 from kaon.sample.metadata import SamplingMetadata
 
 if TYPE_CHECKING:
-    from kaon.worker.model_runner import CachedRequestState
+    from kaon.worker.request_state import CachedRequestState
 
 
 def build_sampling_metadata(

@@ -20,7 +20,7 @@ from kaon.spec_decode.config import SpeculativeConfig
 from kaon.spec_decode.drafter import Drafter
 from kaon.spec_decode.ngram_proposer import NgramProposer
 from kaon.spec_decode.rejection_sampler import verify_drafts
-from kaon.worker.model_runner import CachedRequestState
+from kaon.worker.request_state import CachedRequestState
 from kaon.worker.sampling_inputs import build_sampling_metadata
 from tests.conftest import ENGINE_TEST_OPTIONS, assert_all_blocks_free
 from tests.spec_decode.test_proposers_scheduler import chi_square_critical

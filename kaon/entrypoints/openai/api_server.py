@@ -19,7 +19,6 @@ import asyncio
 import hmac
 import logging
 import signal
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -32,7 +31,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kaon import __version__
-from kaon.config import options_from_cli
 from kaon.engine.async_llm import (
     AsyncLLM,
     EngineDeadError,
@@ -40,7 +38,7 @@ from kaon.engine.async_llm import (
     load_engine_off_main_thread,
 )
 from kaon.entrypoints.openai import serving_tokenization
-from kaon.entrypoints.openai.cli_args import validate_server_args
+from kaon.entrypoints.openai.cli_args import check_port_free
 from kaon.entrypoints.openai.cors import CORSOptions, add_browser_support
 from kaon.entrypoints.openai.drain import DrainingServer
 from kaon.entrypoints.openai.protocol import (
@@ -290,37 +288,17 @@ class HTTPMetricsMiddleware:
             self.stat_logger.record_http(route if route in _ROUTES else "other", status)
 
 
-def _check_port_free(host: str, port: int) -> None:
-    """Raises ValueError naming ``port`` when host:port cannot be bound."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            raise ValueError(f"port: cannot listen on {host}:{port}: {error.strerror}") from None
-
-
-def run_server(args: argparse.Namespace) -> int:
-    """``kaon serve``: load the engine, then serve until SIGTERM / Ctrl-C. Returns the exit code.
+def run_server(args: argparse.Namespace, options: dict[str, Any]) -> int:
+    """``kaon serve`` with one engine in this process (``kaon.entrypoints.serve`` picks this or
+    the data-parallel router): load the engine, then serve until SIGTERM / Ctrl-C. ``options``:
+    the engine options (``serve_options(args)``). Returns the exit code.
 
     Raises:
         ValueError: naming a bad engine or server option (the CLI prints it and exits 2).
         FileNotFoundError: the model path does not exist.
     """
-    log_step("process start -> server code", seconds_since_process_start(), "imports")
-    validate_server_args(args)
     cors = CORSOptions.from_args(args)
-    options = options_from_cli(args)
-    if args.model_tag is not None:
-        if options.get("model") not in (None, args.model_tag):
-            raise ValueError("model: given both as MODEL and --model with different values")
-        options["model"] = args.model_tag
-    if options.get("data_parallel_size", 1) > 1:  # N replica processes behind one front
-        from kaon.entrypoints.router.server import run_router
-
-        return run_router(args, options)
-    _check_port_free(args.host, args.port)  # fail in a second, not after the model loads
+    check_port_free(args.host, args.port)  # fail in a second, not after the model loads
     engine = load_engine_off_main_thread(**options)  # keeps the main thread free of OpenMP
     names = args.served_model_name or [engine.model_name]
     stat_logger = PrometheusStatLogger(names[0])
@@ -346,24 +324,3 @@ def run_server(args: argparse.Namespace) -> int:
         return 1  # a supervisor restarts it
     logger.info("server stopped")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m kaon.entrypoints.openai.api_server``: the same server without the kaon CLI."""
-    from kaon import envs
-    from kaon.config import add_cli_args
-    from kaon.entrypoints.openai.cli_args import add_server_args
-
-    parser = argparse.ArgumentParser(description="kaon OpenAI-compatible server")
-    add_cli_args(parser)
-    add_server_args(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level or envs.log_level(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    return run_server(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

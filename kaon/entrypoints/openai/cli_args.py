@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import socket
+from typing import Any
 
+from kaon.config import options_from_cli
 from kaon.entrypoints.openai.cors import add_cors_args
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -62,3 +65,31 @@ def validate_server_args(args: argparse.Namespace) -> None:
         raise ValueError(f"max_request_bytes must be >= 1, got {args.max_request_bytes}")
     if args.api_key is not None and not args.api_key:
         raise ValueError("api_key must not be empty")
+
+
+def serve_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine options of ``kaon serve`` after checking the server flags; a positional
+    ``MODEL`` is the same as ``--model``.
+
+    Raises:
+        ValueError: naming a bad server flag, or MODEL and --model that disagree.
+    """
+    validate_server_args(args)
+    options = options_from_cli(args)
+    if args.model_tag is not None:
+        if options.get("model") not in (None, args.model_tag):
+            raise ValueError("model: given both as MODEL and --model with different values")
+        options["model"] = args.model_tag
+    return options
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raises ValueError naming ``port`` when host:port cannot be bound (checked before the
+    model loads, so a busy port fails in a second)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise ValueError(f"port: cannot listen on {host}:{port}: {error.strerror}") from None

@@ -20,7 +20,7 @@ from typing import Any
 import uvicorn
 
 from kaon.config import EngineConfig
-from kaon.entrypoints.openai.api_server import _check_port_free
+from kaon.entrypoints.openai.cli_args import check_port_free
 from kaon.entrypoints.openai.cors import CORSOptions
 from kaon.entrypoints.router.policy import Router
 from kaon.entrypoints.router.proxy import build_router_app
@@ -103,7 +103,7 @@ def run_router(args: argparse.Namespace, options: dict[str, Any]) -> int:
     config = EngineConfig.from_options(**options)  # bad options fail here, not N times
     num_replicas = config.parallel_config.data_parallel_size
     num_threads = replica_threads(config.parallel_config.num_threads, num_replicas)
-    _check_port_free(args.host, args.port)
+    check_port_free(args.host, args.port)
     tokenizer = load_tokenizer(config.model_config.model)
     command = replica_command(options, args, num_threads)
     logger.info("data parallel: %d replicas x %d threads", num_replicas, num_threads)
