@@ -45,7 +45,7 @@ def add_bench_commands(
     add_throughput_args(throughput)
     throughput.set_defaults(handler=run_throughput)
     latency = commands.add_parser(
-        "latency", help="one request at a time: TTFT, TPOT, end-to-end, float32 floor"
+        "latency", help="one request at a time: TTFT, TPOT, end-to-end, memory-bandwidth floor"
     )
     add_latency_args(latency)
     latency.set_defaults(handler=run_latency)

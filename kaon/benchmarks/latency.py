@@ -197,14 +197,14 @@ def _report(result: dict[str, Any]) -> None:
         )
     ]
     rows.append(
-        ["ratio to float32 floor", floor["kaon_ratio_to_floor"], hf.get("ratio_to_floor"), None]
+        ["ratio to bandwidth floor", floor["kaon_ratio_to_floor"], hf.get("ratio_to_floor"), None]
     )
     if hf:
         matched = f"{hf['num_greedy_matches']}/{settings['num_iters']}"
         rows.append([f"greedy = transformers (first {NUM_MATCH_TOKENS})", None, matched, None])
     print_table("decode", ["metric", "kaon", "transformers", "kaon/transformers"], rows)
     print(
-        f"float32 floor: {floor['weight_bytes_per_step'] / 1e6:.1f} MB of weights per step at "
+        f"bandwidth floor: {floor['weight_bytes_per_step'] / 1e6:.1f} MB of weights per step at "
         f"{floor['memory_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s measured read bandwidth "
         f"= {floor['floor_tokens_per_s']:.1f} tokens/s"
     )

@@ -13,7 +13,7 @@ from kaon.sampling_params import SamplingParams
 
 
 def test_engine_loaded_off_main_thread_generates_and_the_thread_ends(llm):
-    engine = load_engine_off_main_thread(kv_cache_memory_bytes=50_000_000)
+    engine = load_engine_off_main_thread(kv_cache_memory_bytes=50_000_000, quantization="none")
     assert not [t for t in threading.enumerate() if t.name.startswith("kaon-load")]
     params = SamplingParams(max_tokens=8, temperature=0)
     engine.add_request("a", "The capital of France is", params)

@@ -79,7 +79,7 @@ def test_small_prefill_chunks_give_the_same_tokens(reference):
 def test_preemption_gives_the_same_tokens(reference, llm):
     # Room for about 5 of the 16 requests at once: the scheduler must preempt and recompute.
     per_token = llm.engine.arch_config.kv_bytes_per_token * 4
-    small = LLM(kv_cache_memory_bytes=per_token * 400, max_model_len=256)
+    small = LLM(kv_cache_memory_bytes=per_token * 400, max_model_len=256, quantization="none")
     outputs = small.generate(PROMPTS, GREEDY, use_tqdm=False)
     assert small.engine.stats().num_preemptions > 0
     assert token_ids(outputs) == reference
