@@ -11,7 +11,8 @@ import pytest
 from kaon.cli import main
 from kaon.eval.metrics import best_over_references
 
-ENGINE_FLAGS = ["--kv-cache-memory-bytes", str(32 * 2**20), "--max-model-len", "256"]
+ENGINE_FLAGS = ["--kv-cache-memory-bytes", str(32 * 2**20), "--max-model-len", "256",
+                "--quantization", "none"]  # fmt: skip
 
 
 def test_generate_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -145,7 +145,7 @@ def test_perplexity_cli(reference_llm, tmp_path) -> None:
     path = tmp_path / "text.txt"
     path.write_text(TEXT, encoding="utf-8")
     command = [sys.executable, "-m", "kaon", "eval", "perplexity", str(path), "--window", "32",
-               "--stride", "16", "--kv-cache-memory", "50M"]  # fmt: skip
+               "--stride", "16", "--kv-cache-memory", "50M", "--quantization", "none"]  # fmt: skip
     result = subprocess.run(
         command, capture_output=True, text=True, timeout=600, env=dict(os.environ), check=True
     )

@@ -85,7 +85,7 @@ def test_greedy_equals_speculation_off(spec_llm, reference, method, num_prompts)
 
 def test_greedy_with_preemption(llm, reference):
     config = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 1, **ALWAYS}
-    options = {"kv_cache_memory_bytes": 24_000_000, "max_model_len": 512}  # ~500 tokens
+    options = {"kv_cache_memory_bytes": 24_000_000, "max_model_len": 512, "quantization": "none"}
     small = LLM(**options, speculative_config=config)
     try:
         assert (
