@@ -127,6 +127,39 @@ inline void axpy(float* acc, float p, const float* v, int64_t n) {
   for (; d < n; ++d) acc[d] += p * v[d];
 }
 
+// o[d] = inv_sum * sum_t p[t] * v_t[d], t in token order (the same sequence of fmadds per
+// element as axpy over the tokens); for head_dim 64 the 8 partial rows stay in registers.
+inline void accumulate_values(float* o, const float* p, int64_t len, const float* v_base,
+                              const int64_t* table, int64_t block_size, int64_t block_stride,
+                              int64_t token_stride, int64_t head_dim, float inv_sum) {
+#ifdef KAON_AVX2
+  if (head_dim == 64) {
+    __m256 a[8];
+    for (int i = 0; i < 8; ++i) a[i] = _mm256_setzero_ps();
+    for (int64_t t = 0, blk = 0; t < len; ++blk) {
+      const float* v = v_base + table[blk] * block_stride;
+      for (int64_t off = 0; off < block_size && t < len; ++off, ++t, v += token_stride) {
+        const __m256 pv = _mm256_set1_ps(p[t]);
+        for (int i = 0; i < 8; ++i) a[i] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(v + 8 * i), a[i]);
+      }
+    }
+    for (int i = 0; i < 8; ++i) {
+      alignas(32) float tmp[8];
+      _mm256_store_ps(tmp, a[i]);
+      for (int j = 0; j < 8; ++j) o[8 * i + j] = tmp[j] * inv_sum;
+    }
+    return;
+  }
+#endif
+  std::vector<float> acc(head_dim, 0.f);
+  for (int64_t t = 0, blk = 0; t < len; ++blk) {
+    const float* v = v_base + table[blk] * block_stride;
+    for (int64_t off = 0; off < block_size && t < len; ++off, ++t, v += token_stride)
+      axpy(acc.data(), p[t], v, head_dim);
+  }
+  for (int64_t d = 0; d < head_dim; ++d) o[d] = acc[d] * inv_sum;
+}
+
 }  // namespace
 
 // out [B, H, D], query [B, H, D]: any row strides, last dim contiguous.
@@ -151,53 +184,40 @@ void paged_decode_attention(
   const float fscale = static_cast<float>(scale);
   int64_t max_len = 1;
   for (int64_t b = 0; b < num_requests; ++b) max_len = std::max(max_len, lens[b]);
-  // Tasks are (request, run of KV heads): with enough requests a task takes all of a request's
-  // heads, so each cached token row is read as one contiguous stretch; with few requests each
-  // head is its own task so the threads share long contexts.
+  // Tasks are (request, run of query heads): with enough requests a task takes all of a
+  // request's heads; with few requests each query head is its own task so both threads share a
+  // long context (a single request's 9 heads split 5 / 4, its 3 KV heads would split 2 / 1).
   const int64_t threads = at::get_num_threads();
-  const int64_t heads_per_task = num_requests >= 2 * threads ? num_kv_heads : 1;
-  const int64_t tasks_per_request = num_kv_heads / heads_per_task;
-  // Short contexts run on the calling thread: waking the pool costs more than the work.
-  const int64_t grain = std::max<int64_t>(1, 4096 / (max_len * heads_per_task));
+  const int64_t heads_per_task = num_requests >= 2 * threads ? num_heads : 1;
+  const int64_t tasks_per_request = num_heads / heads_per_task;
+  // Short contexts run on the calling thread: waking the pool costs more than the work
+  // (a task gets at least about 2 K token-heads of work).
+  const int64_t grain = std::max<int64_t>(1, 2048 / (max_len * heads_per_task));
   at::parallel_for(0, num_requests * tasks_per_request, grain, [&](int64_t begin, int64_t end) {
-    const int64_t heads = heads_per_task * group;  // query heads of one task
-    std::vector<float> scores(heads * max_len), acc(heads * head_dim), q_scaled(heads * head_dim);
-    std::vector<float> inv_sum(heads);
+    std::vector<float> scores(max_len), q_scaled(head_dim);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / tasks_per_request;
-      const int64_t kv0 = (task % tasks_per_request) * heads_per_task;  // first KV head
+      const int64_t h0 = (task % tasks_per_request) * heads_per_task;  // first query head
       const int64_t len = lens[b];
       const int64_t* table = tables + b * table_stride;
-      for (int64_t h = 0; h < heads; ++h) {
-        const float* qh = q_ptr + b * q_stride0 + (kv0 * group + h) * q_stride1;
-        for (int64_t d = 0; d < head_dim; ++d) q_scaled[h * head_dim + d] = qh[d] * fscale;
-      }
-      // scores[h, t] = scale * q_h . k_t (k of q_h's KV head), one pass over the keys.
-      for (int64_t t = 0; t < len; ++t) {
-        const float* k = k_ptr + table[t / block_size] * block_stride +
-                         (t % block_size) * token_stride + kv0 * head_dim;
-        for (int64_t h = 0; h < heads; ++h)
-          scores[h * len + t] = dot(q_scaled.data() + h * head_dim, k + (h / group) * head_dim,
-                                    head_dim);
-      }
-      for (int64_t h = 0; h < heads; ++h) {
-        float* row = scores.data() + h * len;
+      // One head at a time, tokens inner: q and the output row stay in registers / L1. Each
+      // head's arithmetic is the same sequence whatever the task split.
+      for (int64_t h = h0; h < h0 + heads_per_task; ++h) {
+        const int64_t kv_offset = (h / group) * head_dim;
+        const float* qh = q_ptr + b * q_stride0 + h * q_stride1;
+        for (int64_t d = 0; d < head_dim; ++d) q_scaled[d] = qh[d] * fscale;
+        // scores[t] = scale * q_h . k_t
+        for (int64_t t = 0, blk = 0; t < len; ++blk) {  // block by block: no division per token
+          const float* k = k_ptr + table[blk] * block_stride + kv_offset;
+          for (int64_t off = 0; off < block_size && t < len; ++off, ++t)
+            scores[t] = dot(q_scaled.data(), k + off * token_stride, head_dim);
+        }
         float row_max = -std::numeric_limits<float>::infinity();
-        for (int64_t t = 0; t < len; ++t) row_max = std::max(row_max, row[t]);
-        inv_sum[h] = 1.f / exp_shifted(row, len, row_max);
-      }
-      std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t t = 0; t < len; ++t) {
-        const float* v = v_ptr + table[t / block_size] * block_stride +
-                         (t % block_size) * token_stride + kv0 * head_dim;
-        for (int64_t h = 0; h < heads; ++h)
-          axpy(acc.data() + h * head_dim, scores[h * len + t], v + (h / group) * head_dim,
-               head_dim);
-      }
-      for (int64_t h = 0; h < heads; ++h) {
-        float* o = out_ptr + b * o_stride0 + (kv0 * group + h) * o_stride1;
-        const float* a = acc.data() + h * head_dim;
-        for (int64_t d = 0; d < head_dim; ++d) o[d] = a[d] * inv_sum[h];
+        for (int64_t t = 0; t < len; ++t) row_max = std::max(row_max, scores[t]);
+        const float inv_sum = 1.f / exp_shifted(scores.data(), len, row_max);
+        float* o = out_ptr + b * o_stride0 + h * o_stride1;
+        accumulate_values(o, scores.data(), len, v_ptr + kv_offset, table, block_size,
+                          block_stride, token_stride, head_dim, inv_sum);
       }
     }
   });
