@@ -107,10 +107,18 @@ class EngineCoreOutput:
     new_logprobs: list[PositionLogprobs] | None = None
     new_prompt_logprobs: list[PositionLogprobs | None] | None = None
     num_cached_tokens: int = 0
+    # Set when the request failed in the scheduler (its grammar could not go on): the output
+    # processor fails the request with ``RequestError`` instead of reporting this step.
+    error: str | None = None
 
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+
+class RequestError(RuntimeError):
+    """One request could not be completed as asked (e.g. its structured-output grammar could not
+    go on); it is aborted alone and its caller gets this message (HTTP 500)."""
 
 
 # ---------------------------------------------------------------- user-facing

@@ -43,8 +43,12 @@ class StructuredOutputState(Protocol):
         """False while the grammar compiles: the request then waits, others go ahead."""
         ...
 
+    # Set when the grammar cannot go on (compile failure, rejected token): the request fails.
+    error: str | None
+
     def accept_token(self, token_id: int) -> bool:
-        """Advance by a sampled token; True when the grammar is complete (finish "stop")."""
+        """Advance by a sampled token; True when the grammar is complete (finish "stop") or
+        cannot go on (``error`` set)."""
         ...
 
 

@@ -294,6 +294,7 @@ class Scheduler:
                     new_logprobs=new_logprobs,
                     new_prompt_logprobs=prompt_logprobs,
                     num_cached_tokens=max(request.num_cached_tokens, 0),
+                    error=_grammar_error(request),
                 )
             )
             if request.is_finished:
@@ -373,3 +374,9 @@ class Scheduler:
             num_preemptions=self.num_preemptions,
             spec_decode=self.drafter.stats if self.drafter is not None else None,
         )
+
+
+def _grammar_error(request: Request) -> str | None:
+    """Why the request's grammar could not go on, or None (no grammar, or no error)."""
+    structured = request.structured_output_request
+    return None if structured is None else structured.error

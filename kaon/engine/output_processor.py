@@ -15,6 +15,7 @@ from kaon.outputs import (
     CompletionOutput,
     EngineCoreOutput,
     PositionLogprobs,
+    RequestError,
     RequestMetrics,
     RequestOutput,
 )
@@ -150,7 +151,13 @@ class OutputProcessor:
     def _apply(
         self, state: RequestState, completion: CompletionState, output: EngineCoreOutput, now: float
     ) -> bool:
-        """Fold one step into a completion; True when a stop string ended it here."""
+        """Fold one step into a completion; True when a stop string ended it here.
+
+        Raises:
+            RequestError: the scheduler failed the request (``output.error``).
+        """
+        if output.error is not None:
+            raise RequestError(output.error)
         if completion.finish_reason is not None:
             return False
         delta, stop = "", None

@@ -36,6 +36,9 @@ class StructuredOutputRequest:
         self._matcher: llguidance.LLMatcher | None = None
         self._failed = False  # the compile raised
         self.num_accepted_tokens = 0
+        # Why the grammar could not go on (compile failure, a token it rejected): the request
+        # then fails (HTTP 500 naming this) instead of finishing with unchecked text.
+        self.error: str | None = None
 
     def is_ready(self) -> bool:
         """True once the grammar is compiled (the request may then be scheduled)."""
@@ -59,23 +62,27 @@ class StructuredOutputRequest:
             assert self._template.done(), "grammar still compiling"
             try:
                 self._matcher = self._template.result().deep_copy()
-            except Exception:  # never take the engine down for one request's grammar
+            except Exception as error:  # never take the engine down for one request's grammar
                 logger.exception("request %s: grammar compile failed", self.request_id)
                 self._failed = True
+                self.error = f"grammar compile failed: {error}"
         return self._matcher
 
     def accept_token(self, token_id: int) -> bool:
         """Advance the matcher by one sampled token. Returns True when generation must end:
-        the grammar is complete and allows nothing more, or the token was rejected (which the
-        mask prevents; logged, the request then ends rather than emitting unchecked text)."""
+        the grammar is complete and allows nothing more, or it cannot go on (``error`` set: the
+        compile failed, or the token was rejected, which the mask prevents unless the grammar
+        allows no token at all or hits a limit of llguidance's parser); logged."""
         matcher = self.matcher
         if matcher is None:
             return True
-        if not matcher.consume_token(token_id):
+        if not matcher.consume_token(token_id) or matcher.is_error():
+            reason = _first_line(matcher.get_error())
             logger.warning(
                 "request %s: token %d rejected by its grammar (%s)",
-                self.request_id, token_id, matcher.get_error(),
+                self.request_id, token_id, reason,
             )  # fmt: skip
+            self.error = f"the output could not follow its grammar: {reason}"
             return True
         self.num_accepted_tokens += 1
         return matcher.is_stopped()
@@ -97,3 +104,11 @@ class StructuredOutputRequest:
     def is_terminated(self) -> bool:
         """True when the grammar allows no further token (complete, or in an error state)."""
         return self.matcher is None or self.matcher.is_stopped()
+
+
+def _first_line(error: str) -> str:
+    """llguidance's error text, shortened to its first line (it appends a state dump)."""
+    line = error.strip().splitlines()[0].strip() if error.strip() else ""
+    if not line or line == "NoExtensionBias":  # the mask allowed no token but end-of-sequence
+        return "no token can extend the output here (the grammar matches nothing from this point)"
+    return line

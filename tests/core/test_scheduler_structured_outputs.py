@@ -11,6 +11,7 @@ class FixedLengthGrammar:
 
     def __init__(self, length: int, ready: bool = True) -> None:
         self.length, self.ready, self.accepted = length, ready, []
+        self.error: str | None = None
 
     def is_ready(self) -> bool:
         return self.ready

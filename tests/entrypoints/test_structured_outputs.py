@@ -170,6 +170,10 @@ def test_unconstrained_rows_unchanged_in_mixed_batch(server: ServerProcess, offl
         ({"structured_outputs": {"grammar": "start: missing_rule"}}, "structured_outputs.grammar"),
         ({"structured_outputs": {"regex": "a", "choice": ["a"]}}, "structured_outputs"),
         ({"response_format": {"type": "xml"}}, "response_format.type"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": False}}},
+         "response_format.json_schema.schema"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": "hi"}}},
+         "response_format.json_schema.schema"),  # no pydantic type tag in the path
     ],
 )  # fmt: skip
 def test_bad_constraints_are_400_naming_the_field(http, body: dict, param: str) -> None:
@@ -183,3 +187,21 @@ def test_bad_constraints_are_400_naming_the_field(http, body: dict, param: str) 
     # the server keeps serving
     ok = http.post("/v1/chat/completions", json={**request, **{k: None for k in body}})
     assert ok.status_code == 200, ok.text
+
+
+def test_grammar_that_matches_nothing_fails_the_request_not_stop(http) -> None:
+    """A regex with an empty language compiles, but no output can follow it: the request fails
+    with a 500 naming the grammar (never ``finish_reason: "stop"`` with text that breaks the
+    constraint), and the server keeps serving."""
+    request = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "hi"}],
+               "max_tokens": 8, "structured_outputs": {"regex": "[^\\s\\S]"}}  # fmt: skip
+    response = http.post("/v1/chat/completions", json=request)
+    assert response.status_code == 500, response.text
+    error = response.json()["error"]
+    assert "could not follow its grammar" in error["message"], error
+    assert "matches nothing" in error["message"], error
+    ok = http.post("/v1/chat/completions", json={**request, "structured_outputs": {"regex": "[0-9]{3}"}})
+    assert ok.status_code == 200, ok.text
+    choice = ok.json()["choices"][0]
+    assert re.fullmatch("[0-9]{3}", choice["message"]["content"]), choice
+    assert choice["finish_reason"] == "stop"

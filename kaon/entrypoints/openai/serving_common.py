@@ -128,8 +128,12 @@ def validation_error(error: ValidationError) -> OpenAIError:
 
 
 def _loc_to_param(loc: tuple[int | str, ...]) -> str | None:
+    """pydantic's error location as the request's field path; the union-member tags pydantic
+    adds (``dict[str,any]``, ``function-after[...]``) are not fields and are left out."""
     param = ""
     for part in loc:
+        if isinstance(part, str) and "[" in part:
+            continue
         param += f"[{part}]" if isinstance(part, int) else f".{part}" if param else str(part)
     return param or None
 

@@ -97,4 +97,6 @@ def _from_response_format(response_format: ResponseFormat | None) -> StructuredO
     schema = response_format.json_schema.schema_
     if schema is None:  # a json_schema format without a schema: any JSON object
         return StructuredOutputsParams(json_object=True)
+    if schema is False:  # JSON Schema's `false` accepts no instance
+        raise ValueError("response_format.json_schema.schema: the schema false matches no value")
     return StructuredOutputsParams(json=schema)
