@@ -234,7 +234,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         type=_speculative_config_arg,
         default=None,
         help='speculative decoding as a JSON object, e.g. \'{"method": "ngram", '
-        '"num_speculative_tokens": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 4}\' '
+        '"num_speculative_tokens": 8, "prompt_lookup_min": 2, "prompt_lookup_max": 4}\' '
         "(methods: ngram, suffix; default: off)",
     )
 
