@@ -170,9 +170,11 @@ def test_unconstrained_rows_unchanged_in_mixed_batch(server: ServerProcess, offl
         ({"structured_outputs": {"grammar": "start: missing_rule"}}, "structured_outputs.grammar"),
         ({"structured_outputs": {"regex": "a", "choice": ["a"]}}, "structured_outputs"),
         ({"response_format": {"type": "xml"}}, "response_format.type"),
-        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": False}}},
+        ({"response_format": {"type": "json_schema",
+                              "json_schema": {"name": "x", "schema": False}}},
          "response_format.json_schema.schema"),
-        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": "hi"}}},
+        ({"response_format": {"type": "json_schema",
+                              "json_schema": {"name": "x", "schema": "hi"}}},
          "response_format.json_schema.schema"),  # no pydantic type tag in the path
     ],
 )  # fmt: skip
@@ -200,7 +202,8 @@ def test_grammar_that_matches_nothing_fails_the_request_not_stop(http) -> None:
     error = response.json()["error"]
     assert "could not follow its grammar" in error["message"], error
     assert "matches nothing" in error["message"], error
-    ok = http.post("/v1/chat/completions", json={**request, "structured_outputs": {"regex": "[0-9]{3}"}})
+    digits = {**request, "structured_outputs": {"regex": "[0-9]{3}"}}
+    ok = http.post("/v1/chat/completions", json=digits)
     assert ok.status_code == 200, ok.text
     choice = ok.json()["choices"][0]
     assert re.fullmatch("[0-9]{3}", choice["message"]["content"]), choice
