@@ -285,56 +285,6 @@ inline __m256i load256(const void* p) {
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
 }
 
-// R activation rows (m0 .. m0 + R - 1) against one weight row of a 32-block type.
-template <int64_t type, int R>
-void dot32_avx2(const uint8_t* w, int64_t nb, const Acts& a, int64_t m0, float* out) {
-  constexpr Layout lay{32, bytes_of(type)};
-  const __m256i ones = _mm256_set1_epi16(1);
-  __m256 acc[R];
-  float extra[R];
-  for (int r = 0; r < R; ++r) {
-    acc[r] = _mm256_setzero_ps();
-    extra[r] = 0.f;
-  }
-  for (int64_t i = 0; i < nb; ++i) {
-    const uint8_t* b = w + i * lay.bytes;
-    const float d = h2f(b);
-    if constexpr (type == Q8_0) {
-      const __m256i wq = load256(b + 2);
-      const __m256i wabs = _mm256_sign_epi8(wq, wq);
-      for (int r = 0; r < R; ++r) {
-        const __m256i y = load256(a.qrow(m0 + r) + i * 32);
-        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, _mm256_sign_epi8(y, wq)), ones);
-        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * a.drow(m0 + r)[i]), acc[r]);
-      }
-      continue;
-    }
-    __m256i u;
-    float m_w;
-    if constexpr (type == Q4_0) {
-      u = nibbles32(b + 2);
-      m_w = -8.f * d;
-    } else if constexpr (type == Q4_1) {
-      u = nibbles32(b + 4);
-      m_w = h2f(b + 2);
-    } else {
-      const int off = type == Q5_0 ? 2 : 4;
-      uint32_t qh;
-      std::memcpy(&qh, b + off, 4);
-      u = _mm256_or_si256(nibbles32(b + off + 4),
-                          _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10)));
-      m_w = type == Q5_0 ? -16.f * d : h2f(b + 2);
-    }
-    for (int r = 0; r < R; ++r) {
-      const __m256i y = load256(a.qrow(m0 + r) + i * 32);
-      const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, y), ones);
-      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * a.drow(m0 + r)[i]), acc[r]);
-      extra[r] += m_w * a.srow(m0 + r)[i];
-    }
-  }
-  for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]) + extra[r];
-}
-
 // A tile of RM activation rows (m0 ..) x RN weight rows (w, w + row_bytes, ..) of a 32-block
 // type; out[r * ldo + c]. Each output element's operations are the same at every (RM, RN): one
 // fmadd per block into its own accumulator in block order, then hsum, then the scalar min term
@@ -539,27 +489,19 @@ void dotk_avx2(const uint8_t* w, int64_t nb, const Acts& a, int64_t m0, float* o
 
 using DotFn = void (*)(const uint8_t*, int64_t, const Acts&, int64_t, float*);
 
-// (4-row, 1-row) kernels of a type.
+// (4-row, 1-row) kernels of a K-quant type (the 32-block types take ``mm32_avx2``).
 template <int64_t type>
 std::pair<DotFn, DotFn> kernels_of() {
-  if constexpr (type == Q4_K || type == Q5_K || type == Q6_K)
-    return {&dotk_avx2<type, 4>, &dotk_avx2<type, 1>};
-  else
-    return {&dot32_avx2<type, 4>, &dot32_avx2<type, 1>};
+  return {&dotk_avx2<type, 4>, &dotk_avx2<type, 1>};
 }
 
 std::pair<DotFn, DotFn> avx2_kernels(int64_t type) {
   switch (type) {
-    case Q4_0: return kernels_of<Q4_0>();
-    case Q4_1: return kernels_of<Q4_1>();
-    case Q5_0: return kernels_of<Q5_0>();
-    case Q5_1: return kernels_of<Q5_1>();
-    case Q8_0: return kernels_of<Q8_0>();
     case Q4_K: return kernels_of<Q4_K>();
     case Q5_K: return kernels_of<Q5_K>();
     case Q6_K: return kernels_of<Q6_K>();
   }
-  TORCH_CHECK(false, "GGUF type id ", type, " has no kernel");
+  TORCH_CHECK(false, "GGUF type id ", type, " has no K-quant kernel");
 }
 
 #endif  // __AVX2__
@@ -610,9 +552,6 @@ void gguf_mm_out(torch::Tensor x, torch::Tensor w, int64_t type, torch::Tensor o
   (void)use_simd;
 #endif
 #if defined(__AVX2__)
-  const std::pair<DotFn, DotFn> dots = avx2_kernels(type);
-#endif
-#if defined(__AVX2__)
   const Mm32Fn mm32 = simd ? mm32_kernel(type) : nullptr;
   if (mm32 != nullptr) {
     // Tasks of whole 4-column groups (the tile width), so the split never changes the tiling.
@@ -622,6 +561,9 @@ void gguf_mm_out(torch::Tensor x, torch::Tensor w, int64_t type, torch::Tensor o
     });
     return;
   }
+  // Here with SIMD only for the K-quants.
+  const std::pair<DotFn, DotFn> dots =
+      simd ? avx2_kernels(type) : std::pair<DotFn, DotFn>{nullptr, nullptr};
 #endif
   at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
