@@ -19,7 +19,7 @@ import json
 import random
 import time
 
-from kaon.eval.perplexity import evaluate_perplexity
+from kaon.eval.perplexity import evaluate_perplexity, window_bos_token_id
 from kaon.layers.quantization import LINEAR_WEIGHTS, quantize_model, weight_bytes
 from kaon.sampling_params import SamplingParams
 
@@ -65,13 +65,15 @@ def run_row(name: str, options: dict, args: argparse.Namespace, text: str) -> di
 
     options = dict(options)
     requantize = options.pop("requantize", None)
-    llm = LLM(kv_cache_memory_bytes=args.kv_cache_memory, max_model_len=args.window + 1,
+    llm = LLM(kv_cache_memory_bytes=args.kv_cache_memory, max_model_len=args.window + 2,
               max_num_seqs=32, num_threads=args.num_threads, **options)  # fmt: skip
     model = llm.engine.executor.model_runner.model
     if requantize:  # same function the loader calls, on the dequantized float32 weights
         quantize_model(model, *requantize)
     ids = llm.tokenizer.encode(text, add_special_tokens=False)[: args.num_tokens]
-    ppl = evaluate_perplexity(llm, ids, args.window, args.window)
+    ppl = evaluate_perplexity(
+        llm, ids, args.window, args.window, window_bos_token_id(llm.tokenizer)
+    )
     rng = random.Random(0)
     prompts = [[rng.randrange(1000, 40000) for _ in range(args.input_len)] for _ in range(32)]
     _decode_rate(llm, prompts, 8)  # warm-up

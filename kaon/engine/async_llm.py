@@ -31,6 +31,7 @@ from kaon.engine.input_processor import PromptType
 from kaon.engine.llm_engine import LLMEngine
 from kaon.outputs import RequestOutput
 from kaon.sampling_params import SamplingParams
+from kaon.startup import release_free_heap
 
 logger = logging.getLogger("kaon")
 
@@ -234,11 +235,16 @@ class AsyncLLM:
     # ------------------------------------------------------------------ engine-thread side
 
     def _run(self) -> None:
+        busy = False
         try:
-            while self._run_commands(block=not self.engine.has_unfinished_requests()):
-                if self.engine.has_unfinished_requests():
+            while self._run_commands(block=not busy):
+                busy = self.engine.has_unfinished_requests()
+                if busy:
                     self._deliver(self.engine.step())
                     self._deliver_failures(self.engine.take_failed_requests())
+                    busy = self.engine.has_unfinished_requests()
+                    if not busy:  # idle now: the steps' freed temporaries back to the OS
+                        release_free_heap()
                 self._publish_stats()
         except Exception as error:  # an engine bug: fail every request rather than hang them
             logger.exception("engine step failed; the engine is stopped")

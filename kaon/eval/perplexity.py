@@ -35,9 +35,12 @@ class PerplexityResult:
         return self.num_tokens / self.seconds if self.seconds > 0 else float("inf")
 
 
-def sliding_windows(num_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+def sliding_windows(
+    num_tokens: int, window: int, stride: int, with_bos: bool = False
+) -> list[tuple[int, int, int]]:
     """(begin, end, first_scored) token positions per window; positions first_scored..end-1 are
-    scored by that window, and together the windows score 1..num_tokens-1 exactly once.
+    scored by that window, and together the windows score 1..num_tokens-1 exactly once
+    (0..num_tokens-1 ``with_bos``: each window then has a BOS token before ``begin`` as context).
 
     Raises:
         ValueError: naming ``window`` (< 2), ``stride`` (< 1 or > window) or the text (< 2 tokens).
@@ -48,28 +51,40 @@ def sliding_windows(num_tokens: int, window: int, stride: int) -> list[tuple[int
         raise ValueError(f"stride must be in [1, window={window}], got {stride}")
     if num_tokens < 2:
         raise ValueError(f"the text must have at least 2 tokens, got {num_tokens}")
-    windows, scored_end = [], 1
+    context = 0 if with_bos else 1  # tokens a window needs before its first scored one
+    windows, scored_end = [], context
     for begin in range(0, num_tokens, stride):
         end = min(begin + window, num_tokens)
-        windows.append((begin, end, max(scored_end, begin + 1)))
+        windows.append((begin, end, max(scored_end, begin + context)))
         scored_end = end
         if end == num_tokens:
             break
     return windows
 
 
-def evaluate_perplexity(llm, token_ids: list[int], window: int, stride: int) -> PerplexityResult:
-    """Perplexity of ``llm`` (a ``kaon.LLM``) on ``token_ids`` with the given windows.
+def window_bos_token_id(tokenizer) -> int | None:
+    """The token each window starts with: the tokenizer's BOS id when it adds one by default
+    (``add_bos_token``), else None (no prefix)."""
+    return tokenizer.bos_token_id if tokenizer.add_bos_token else None
+
+
+def evaluate_perplexity(
+    llm, token_ids: list[int], window: int, stride: int, bos_token_id: int | None = None
+) -> PerplexityResult:
+    """Perplexity of ``llm`` (a ``kaon.LLM``) on ``token_ids`` with the given windows; with
+    ``bos_token_id`` every window's prompt is that token followed by its ``window`` text tokens.
 
     Raises:
-        ValueError: as ``sliding_windows``; or from the engine, when a window exceeds
+        ValueError: as ``sliding_windows``; or from the engine, when a prompt exceeds
         max_model_len - 1 tokens.
     """
     from kaon.sampling_params import SamplingParams
 
-    windows = sliding_windows(len(token_ids), window, stride)
+    with_bos = bos_token_id is not None
+    windows = sliding_windows(len(token_ids), window, stride, with_bos)
     params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-    prompts = [token_ids[begin:end] for begin, end, _ in windows]
+    prefix = [bos_token_id] if with_bos else []
+    prompts = [prefix + token_ids[begin:end] for begin, end, _ in windows]
     start = time.perf_counter()
     outputs = llm.generate(prompts, params, use_tqdm=False)
     seconds = time.perf_counter() - start
@@ -77,7 +92,7 @@ def evaluate_perplexity(llm, token_ids: list[int], window: int, stride: int) -> 
     for (begin, end, first), output in zip(windows, outputs, strict=True):
         positions = output.prompt_logprobs or []
         for position in range(first, end):
-            entry = positions[position - begin]
+            entry = positions[position - begin + len(prefix)]
             target = token_ids[position]
             total_nll -= entry[target].logprob
             count += 1
@@ -98,6 +113,11 @@ def add_parser(commands, add_cli_args: Callable[[argparse.ArgumentParser], None]
     parser.add_argument(
         "--num-tokens", type=int, default=None, help="evaluate only the first N tokens of the file"
     )
+    parser.add_argument(
+        "--no-bos",
+        action="store_true",
+        help="do not start each window with BOS even where the tokenizer adds one",
+    )
     add_cli_args(parser)
     parser.set_defaults(handler=_cmd_perplexity)
 
@@ -110,17 +130,21 @@ def _cmd_perplexity(args: argparse.Namespace) -> int:
         text = handle.read()
     options = options_from_cli(args)
     if options.get("max_model_len") is None:
-        options["max_model_len"] = args.window + 1  # the window plus the one sampled token
+        # the window, a BOS token and the one sampled token
+        options["max_model_len"] = args.window + 2
     llm = LLM(**options)
-    token_ids = llm.tokenizer.encode(text, add_special_tokens=False)
+    tokenizer = llm.tokenizer
+    bos = None if args.no_bos else window_bos_token_id(tokenizer)
+    token_ids = tokenizer.encode(text, add_special_tokens=False)
     if args.num_tokens is not None:
         token_ids = token_ids[: args.num_tokens]
     stride = args.stride or args.window
-    result = evaluate_perplexity(llm, token_ids, args.window, stride)
+    result = evaluate_perplexity(llm, token_ids, args.window, stride, bos)
     print(f"file:              {args.file}")
     print(f"quantization:      {options.get('quantization', 'none')}"
           f" (dtype {options.get('dtype', 'auto')})")  # fmt: skip
     print(f"window / stride:   {args.window} / {stride} tokens")
+    print(f"BOS per window:    {'no' if bos is None else f'yes (id {bos})'}")
     print(f"tokens evaluated:  {result.num_tokens}")
     print(f"mean NLL:          {result.mean_nll:.4f} nats/token")
     print(f"perplexity:        {result.perplexity:.3f}")

@@ -36,7 +36,9 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
 class RotaryEmbedding(nn.Module):
     """Applies RoPE to query and key tensors by absolute position.
 
-    The cos/sin table covers ``max_position`` positions and is built once, in float32.
+    The cos/sin table covers ``max_position`` positions and is built once, in float32 (built
+    under ``torch.device("meta")`` it is left unfilled: the loader rebuilds it for real);
+    ``limit_positions`` shortens it to the engine's max_model_len.
     """
 
     def __init__(
@@ -49,20 +51,31 @@ class RotaryEmbedding(nn.Module):
     ) -> None:
         super().__init__()
         self.head_dim = head_dim
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
         rope_type = (rope_scaling or {}).get("rope_type", (rope_scaling or {}).get("type"))
+        if rope_type not in (None, "default", "llama3", "linear"):
+            raise ValueError(f"rope_scaling type {rope_type!r} is not supported (llama3, linear)")
+        if torch.get_default_device().type == "meta":  # shapes only (torch's meta arange is slow)
+            self.register_buffer("cos", torch.empty(max_position, head_dim // 2), persistent=False)
+            self.register_buffer("sin", torch.empty(max_position, head_dim // 2), persistent=False)
+            return
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
         if rope_type == "llama3":
             inv_freq = _llama3_inv_freq(inv_freq, rope_scaling or {})
         elif rope_type == "linear":
             inv_freq = inv_freq / float(rope_scaling["factor"])  # type: ignore[index]
-        elif rope_type not in (None, "default"):
-            raise ValueError(f"rope_scaling type {rope_type!r} is not supported (llama3, linear)")
         if freq_divisors is not None:
             inv_freq = inv_freq / freq_divisors.to(torch.float64)
         positions = torch.arange(max_position, dtype=torch.float64)
         freqs = torch.outer(positions, inv_freq).float()  # [max_position, head_dim / 2]
         self.register_buffer("cos", freqs.cos(), persistent=False)
         self.register_buffer("sin", freqs.sin(), persistent=False)
+
+    def limit_positions(self, max_positions: int) -> None:
+        """Keep the tables' first ``max_positions`` rows only (a copy: the rest is freed); a
+        position past them then raises (IndexError, or the fused kernel's RuntimeError)."""
+        if max_positions < self.cos.shape[0]:
+            self.cos = self.cos[:max_positions].clone()
+            self.sin = self.sin[:max_positions].clone()
 
     def step_inputs(self, positions: torch.Tensor) -> RopeInputs:
         """What every layer of this step needs to rotate its queries and keys."""
@@ -76,6 +89,14 @@ class RotaryEmbedding(nn.Module):
         cos = self.cos[positions]  # [num_tokens, head_dim / 2]
         sin = self.sin[positions]
         return torch.cat((cos, cos), -1).unsqueeze(1), torch.cat((-sin, sin), -1).unsqueeze(1)
+
+
+def limit_rope_positions(model: nn.Module, max_positions: int) -> None:
+    """Shorten every RoPE table of ``model`` to ``max_positions`` rows (the engine's maximum
+    context, tokens): a 32k-position model's tables are 16 MiB each at head_dim 256."""
+    for module in model.modules():
+        if isinstance(module, RotaryEmbedding):
+            module.limit_positions(max_positions)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:

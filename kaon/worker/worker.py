@@ -17,13 +17,14 @@ from kaon.config import EngineConfig, describe_quantization
 from kaon.device import resolve_device, resolve_dtype, resolve_kv_cache_dtype
 from kaon.distributed.communication import TensorParallelGroup
 from kaon.layers.quantization import weight_bytes
+from kaon.layers.rotary import limit_rope_positions
 from kaon.models.loader import load_model
 from kaon.outputs import ScheduledRequest, SchedulerOutput
 from kaon.startup import log_step
 from kaon.worker.cpu_kernels import load_cpu_kernels, pack_linear_weights_for_cpu
 from kaon.worker.cuda_graphs import build_decode_graphs, graphs_supported
 from kaon.worker.input_batch import InputBatch
-from kaon.worker.kv_cache import allocate_kv_cache, num_blocks_for_budget
+from kaon.worker.kv_cache import allocate_kv_cache, default_max_model_len, num_blocks_for_budget
 from kaon.worker.model_runner import ModelRunner
 
 logger = logging.getLogger("kaon")
@@ -63,6 +64,10 @@ class Worker:
             group_size=model_config.quantization_group_size,
         )  # fmt: skip
         pack_linear_weights_for_cpu(self.loaded.model)
+        # The engine's max_model_len is at most this (it may lower it to fit the KV cache).
+        limit_rope_positions(
+            self.loaded.model, default_max_model_len(self.loaded.config, model_config.max_model_len)
+        )
         rank = 0 if tp_group is None else tp_group.rank
         quantization = describe_quantization(
             model_config.quantization, model_config.quantization_group_size, self.dtype

@@ -95,19 +95,23 @@ def test_scheme_end_to_end(scheme: str, float_reference) -> None:
         assert not isinstance(head, torch.Tensor)  # the LM head is quantized too
 
 
-def test_perplexity_equals_direct_computation(llm) -> None:
+@pytest.mark.parametrize("bos", [None, 1], ids=["no-bos", "bos"])
+def test_perplexity_equals_direct_computation(llm, bos) -> None:
     """evaluate_perplexity (engine prompt logprobs, chunked, several windows) equals a direct
-    whole-window forward: log_softmax of the logits at the same positions (relative 1e-4)."""
+    whole-window forward: log_softmax of the logits at the same positions (relative 1e-4); with
+    a BOS id every window's prompt starts with it and the text's first token is scored too."""
     ids = llm.tokenizer.encode(TEXT, add_special_tokens=False)
     window, stride = 40, 16
-    result = evaluate_perplexity(llm, ids, window, stride)
+    result = evaluate_perplexity(llm, ids, window, stride, bos)
+    prefix = [] if bos is None else [bos]
     total, count = 0.0, 0
-    for begin, end, first in sliding_windows(len(ids), window, stride):
-        logprobs = torch.log_softmax(kaon_logits(llm, ids[begin:end]).double(), dim=-1)
-        for position in range(first, end):
-            total -= logprobs[position - begin - 1, ids[position]].item()
+    for begin, end, first in sliding_windows(len(ids), window, stride, bos is not None):
+        logits = kaon_logits(llm, prefix + ids[begin:end])
+        logprobs = torch.log_softmax(logits.double(), dim=-1)
+        for position in range(first, end):  # the logits one prompt index before the token's
+            total -= logprobs[position - begin - 1 + len(prefix), ids[position]].item()
             count += 1
-    assert result.num_tokens == count == len(ids) - 1
+    assert result.num_tokens == count == len(ids) - 1 + len(prefix)
     assert math.isclose(result.perplexity, math.exp(total / count), rel_tol=1e-4)
     assert 5.0 < result.perplexity < 60.0  # fluent English under a 135M model
 
@@ -117,6 +121,10 @@ def test_sliding_windows_score_each_token_once() -> None:
     assert windows == [(0, 4, 1), (3, 7, 4), (6, 10, 7)]
     scored = [p for _, end, first in windows for p in range(first, end)]
     assert scored == list(range(1, 10))
+    # with a BOS token before every window, the first text token has context and is scored
+    windows = sliding_windows(10, 4, 3, with_bos=True)
+    assert windows == [(0, 4, 0), (3, 7, 4), (6, 10, 7)]
+    assert [p for _, end, first in windows for p in range(first, end)] == list(range(10))
     with pytest.raises(ValueError, match="stride"):
         sliding_windows(10, 4, 5)
 
@@ -155,3 +163,4 @@ def test_perplexity_cli(reference_llm, tmp_path) -> None:
     assert int(lines["tokens evaluated"]) == expected.num_tokens == len(ids) - 1
     assert float(lines["perplexity"]) == pytest.approx(expected.perplexity, abs=2e-3)
     assert "tokens/s" in lines["throughput"]
+    assert lines["BOS per window"].strip() == "no"  # SmolLM2's tokenizer adds no BOS

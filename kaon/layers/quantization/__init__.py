@@ -110,9 +110,11 @@ def quantize_model(
 def install_gguf_blocks(model: nn.Module, blocks: dict[str, object]) -> None:
     """Set each parameter named in ``blocks`` (left None by ``take_int4_blocks``) to a
     ``GGUFBlockWeight`` of its parts (``embed_tokens`` and ``lm_head`` included); embedding
-    rows come out in the dtype of the model's final norm weight (the activation dtype)."""
+    rows come out in the dtype of the model's final norm weight (the activation dtype).
+    ``blocks`` is emptied as it goes, so that each weight's parts are freed once installed."""
     dtype = model.norm.weight.dtype
-    for name, parts in blocks.items():
+    for name in list(blocks):
+        parts = blocks.pop(name)
         module_name, _, attr = name.rpartition(".")
         owner = model.get_submodule(module_name) if module_name else model
         if hasattr(owner, attr):

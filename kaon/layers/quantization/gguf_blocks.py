@@ -59,7 +59,8 @@ class GGUFBlockWeight(QuantizedWeight):
     stored as GGUF blocks.
 
     Buffers ``blocks_0``, ``blocks_1``, ... uint8 [N_i, row_bytes_i], one per segment of one
-    type; ``segments`` lists (type name, type id, first output row, number of rows).
+    type; ``segments`` lists (type name, type id, first output row, number of rows). A segment
+    of one part whose array is writable, contiguous uint8 keeps that array (shares its memory).
 
     Raises:
         ValueError: a type without a kernel, parts with different ``in_features``, or a row
@@ -89,7 +90,9 @@ class GGUFBlockWeight(QuantizedWeight):
         start = 0
         for index, run in enumerate(runs):
             data = np.concatenate([p.data for p in run]) if len(run) > 1 else run[0].data
-            self.register_buffer(f"blocks_{index}", torch.from_numpy(np.array(data, np.uint8)))
+            if not (data.flags.writeable and data.flags.c_contiguous and data.dtype == np.uint8):
+                data = np.array(data, np.uint8)  # e.g. a read-only view of a mapped file
+            self.register_buffer(f"blocks_{index}", torch.from_numpy(data))
             type_name = run[0].type_name
             self.segments.append((type_name, KERNEL_TYPES[type_name][0], start, len(data)))
             start += len(data)

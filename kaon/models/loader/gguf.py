@@ -230,7 +230,7 @@ def iter_gguf_tensors(
         type_name = tensor.tensor_type.name
         if type_name in block_types and (_is_linear(name) or name == "embed_tokens.weight"):
             num_columns = int(tensor.shape[0])
-            data = np.asarray(tensor.data).reshape(int(tensor.shape[1]), -1)
+            data = read_tensor_bytes(reader, tensor).reshape(int(tensor.shape[1]), -1)
             blocks = GGUFBlocks(type_name, data, num_columns)
             heads = {"q_proj.weight": config.num_attention_heads,
                      "k_proj.weight": config.num_key_value_heads}.get(name[-13:])  # fmt: skip
@@ -254,6 +254,32 @@ def iter_gguf_tensors(
             array = _unpermute(array, config.num_key_value_heads)
         # Copy: F32 tensors are read-only views of the memory-mapped file.
         yield name, torch.from_numpy(np.array(array, dtype=np.float32)).to(dtype)
+
+
+def read_tensor_bytes(
+    reader, tensor, first_row: int = 0, num_rows: int | None = None
+) -> np.ndarray:
+    """Rows ``first_row`` .. ``first_row + num_rows`` (default: all) of a tensor's bytes as a new
+    writable uint8 array [num_rows * row_bytes], read from the file (not through the reader's
+    memory map: mapped pages stay in the process's RSS while the map lives, so a loader copying
+    them would hold the file twice at its peak). A row is ``tensor.shape[0]`` values.
+
+    Raises:
+        ValueError: naming the file and tensor when the file ends before the rows do.
+    """
+    total_rows = int(np.prod([int(d) for d in tensor.shape[1:]]))
+    row_bytes = int(tensor.n_bytes) // total_rows
+    num_rows = total_rows - first_row if num_rows is None else min(num_rows, total_rows - first_row)
+    data = np.empty(num_rows * row_bytes, dtype=np.uint8)
+    path = reader.data.filename
+    with open(path, "rb", buffering=0) as file:
+        file.seek(int(tensor.data_offset) + first_row * row_bytes)
+        read = file.readinto(memoryview(data))
+    if read != data.nbytes:
+        raise ValueError(
+            f"{path}: tensor {tensor.name} is cut short ({read} of {data.nbytes} bytes)"
+        )
+    return data
 
 
 def _dequantize(reader, tensor, data: np.ndarray) -> np.ndarray:
@@ -304,11 +330,9 @@ def iter_gguf_row_chunks(
         num_rows, num_columns = int(tensor.shape[1]), int(tensor.shape[0])
         step = max(1, chunk_bytes // (4 * num_columns))
         for start in range(0, num_rows, step):
-            rows = _dequantize(reader, tensor, tensor.data[start : start + step])
-            rows = rows.reshape(-1, num_columns)
-            if not rows.flags.writeable:  # F32 rows are read-only views of the mapped file
-                rows = rows.copy()
-            yield name, start, torch.from_numpy(rows).to(dtype)
+            raw = read_tensor_bytes(reader, tensor, start, step)
+            rows = _dequantize(reader, tensor, raw.reshape(min(step, num_rows - start), -1))
+            yield name, start, torch.from_numpy(rows.reshape(-1, num_columns)).to(dtype)
 
 
 class _OneTensor:
