@@ -65,10 +65,17 @@ class RotaryEmbedding(nn.Module):
             inv_freq = inv_freq / float(rope_scaling["factor"])  # type: ignore[index]
         if freq_divisors is not None:
             inv_freq = inv_freq / freq_divisors.to(torch.float64)
-        positions = torch.arange(max_position, dtype=torch.float64)
-        freqs = torch.outer(positions, inv_freq).float()  # [max_position, head_dim / 2]
-        self.register_buffer("cos", freqs.cos(), persistent=False)
-        self.register_buffer("sin", freqs.sin(), persistent=False)
+        # [max_position, head_dim / 2], filled 4096 positions at a time: the float64 angles of a
+        # 32k-position table at head_dim 256 would be 32 MiB of temporaries.
+        cos = torch.empty(max_position, head_dim // 2)
+        sin = torch.empty(max_position, head_dim // 2)
+        for start in range(0, max_position, 4096):
+            positions = torch.arange(start, min(start + 4096, max_position), dtype=torch.float64)
+            freqs = torch.outer(positions, inv_freq).float()
+            torch.cos(freqs, out=cos[start : start + len(positions)])
+            torch.sin(freqs, out=sin[start : start + len(positions)])
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
 
     def limit_positions(self, max_positions: int) -> None:
         """Keep the tables' first ``max_positions`` rows only (a copy: the rest is freed); a

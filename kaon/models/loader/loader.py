@@ -127,6 +127,7 @@ def _load_gguf(
     with timed_step("tokenizer"):
         tokenizer = Tokenizer.from_gguf(metadata)
     del metadata  # the token arrays: tens of MB of str objects for a 262k vocabulary
+    release_free_heap()  # and the tokenizer build's temporaries, before the weights arrive
     block_types = _native_block_types(reader, device, tp_group) if quant[0] == "auto" else ()
     if quant[0] == "auto":
         quant = ("auto" if block_types else "none", quant[1])
@@ -246,7 +247,8 @@ def _build(
     quant: tuple[str, int] = ("none", 32),
 ) -> torch.nn.Module:
     """Create the model and fill it, fusing q/k/v and gate/up into one weight each, then
-    quantize its linear weights (``quant``: scheme, group size)."""
+    quantize its linear weights (``quant``: scheme, group size). Empties ``tensors`` (each
+    piece is freed once it is in the model)."""
     validate_quantization(*quant)
     full_config = config
     if tp_group is not None and config.architecture in SINGLE_RANK_ARCHITECTURES:
@@ -262,6 +264,7 @@ def _build(
     with torch.device("meta"), building_with(tp_group):
         model = cls(config)
     params = _fuse(full_config, tensors, getattr(cls, "layer_norms", _LLAMA_LAYER_NORMS))
+    tensors.clear()  # params holds what is used
     native = take_int4_blocks(model, params)  # their float parameters are never allocated
     model = model.to_empty(device=device).to(dtype)
     # Buffers were on meta: rebuild the RoPE tables for real.
